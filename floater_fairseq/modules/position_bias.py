@@ -1,0 +1,101 @@
+"""Position-dependent biases on attention projections (FLOATER's compatibility form, Eqs. 11-13):
+
+    q_i = W_q x_i + b_q + b_q^(n)(t_i),   and the same for k and v.
+"""
+from typing import Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from fairseq.modules import MultiheadAttention
+
+
+class PositionBiasedLinear(nn.Linear):
+    """nn.Linear plus an optional per-position bias, set by the owning encoder/decoder for the
+    duration of one forward call. Parameter names equal nn.Linear's, so a vanilla checkpoint
+    loads unchanged (the basis of exact warm start)."""
+
+    position_bias: Optional[torch.Tensor] = None  # [T, B or 1, out_features], time-first
+
+    @classmethod
+    def replacing(cls, linear: nn.Linear) -> "PositionBiasedLinear":
+        if linear._forward_hooks or linear._forward_pre_hooks:
+            raise ValueError(
+                "FLOATER biases cannot be added to a projection with hooks "
+                "(is --quant-noise-pq on? it is not supported with --pos-blocks all)"
+            )
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.in_features, module.out_features = linear.in_features, linear.out_features
+        module.weight = linear.weight  # the same Parameter objects: nothing is copied
+        module.bias = linear.bias
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if self.position_bias is None:
+            return out
+        if self.position_bias.size(0) != out.size(0):
+            raise RuntimeError(
+                f"position bias covers {self.position_bias.size(0)} positions, input has "
+                f"{out.size(0)}: the encoder/decoder set the bias for a different input"
+            )
+        return out + self.position_bias
+
+
+def add_projection_biases(attention: MultiheadAttention) -> Tuple[PositionBiasedLinear, ...]:
+    """Swap q/k/v projections of a fairseq MultiheadAttention for PositionBiasedLinear."""
+    if not isinstance(attention, MultiheadAttention):
+        raise TypeError(f"expected fairseq MultiheadAttention, got {type(attention).__name__}")
+    for name in ("q_proj", "k_proj", "v_proj"):
+        setattr(attention, name, PositionBiasedLinear.replacing(getattr(attention, name)))
+    # fairseq's fast path hands the projection *weights* to F.multi_head_attention_forward and
+    # would skip our modules; this switch (meant for pruning) routes through q_proj/k_proj/v_proj.
+    attention._set_skip_embed_dim_check()
+    return attention.q_proj, attention.k_proj, attention.v_proj
+
+
+def real_token_positions(pad_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Zero-based index of each token among the real tokens of its row ([B, T] long), so that a
+    token's position does not depend on left or right padding. Pads map to 0 (they are masked).
+    Returns None when there is no padding at all: positions are then simply 0..T-1."""
+    if pad_mask is None or not pad_mask.any():
+        return None
+    real = (~pad_mask).long()
+    return ((torch.cumsum(real, dim=1) - 1) * real).clamp_(min=0)
+
+
+def gather_positions(table: torch.Tensor, positions: Optional[torch.Tensor], length: int) -> torch.Tensor:
+    """Rows of ``table`` [L, ..., d] at ``positions`` [B, T], time-first: [T, B, ..., d].
+    With positions None (no padding) the result broadcasts over the batch: [T, 1, ..., d]."""
+    if positions is None:
+        return table[:length].unsqueeze(1)
+    return table[positions.t()]
+
+
+class ProjectionBiasSlots:
+    """The PositionBiasedLinear modules of one encoder or decoder, each bound to one trajectory of
+    the position table and to the positions it reads ('source' or 'target')."""
+
+    def __init__(self):
+        self.slots: List[Tuple[PositionBiasedLinear, int, str]] = []
+
+    def add(self, modules: Iterable[PositionBiasedLinear], rows: Iterable[int], kind: str):
+        for module, row in zip(modules, rows):
+            self.slots.append((module, row, kind))
+
+    def rows(self, kind: str) -> List[int]:
+        return [row for _, row, k in self.slots if k == kind]
+
+    def set(self, per_kind: dict, dtype: torch.dtype):
+        """per_kind[kind] = [T, B|1, K_kind, d] biases, columns in the order of ``rows(kind)``;
+        None leaves that kind's projections unbiased for this call."""
+        column = {kind: 0 for kind in per_kind}
+        for module, _, kind in self.slots:
+            bias = per_kind[kind]
+            module.position_bias = None if bias is None else bias[:, :, column[kind]].to(dtype)
+            column[kind] += 1
+
+    def clear(self):
+        for module, _, _ in self.slots:
+            module.position_bias = None
