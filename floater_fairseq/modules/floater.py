@@ -33,7 +33,8 @@ class FloaterDynamics(nn.Module):
     The paper's "two FFN and one nonlinearity" (Sec. 3.1) with the scalar time t appended as an
     extra input feature to both linear layers. The output layer starts small ("initialize h with
     small values", App. B.1); with ``init_std=0`` it starts at exactly h == 0.
-    The maths runs in float32 whatever the parameter dtype (fp16/bf16 training).
+    The maths runs in the dtype of the state p: float32 under fp16/bf16 training (the state is
+    created in float32 by FloaterPositionSignal), float64 for float64 checks.
     """
 
     def __init__(self, dim: int, hidden_dim: int, init_std: float = 0.02):
@@ -47,12 +48,12 @@ class FloaterDynamics(nn.Module):
     @staticmethod
     def _time_linear(layer: nn.Linear, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # W [x; t] + c == W[:, :-1] x + (c + t W[:, -1]): avoids concatenating t to every row.
-        weight = layer.weight.float()
-        return F.linear(x, weight[:, :-1], layer.bias.float() + t * weight[:, -1])
+        weight = layer.weight.to(x.dtype)
+        return F.linear(x, weight[:, :-1], layer.bias.to(x.dtype) + t * weight[:, -1])
 
     def forward(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         self.num_evaluations += 1
-        t = t.float()
+        t = t.to(p.dtype)
         hidden = torch.relu(self._time_linear(self.input_layer, p, t))
         return self._time_linear(self.output_layer, hidden, t)
 
@@ -122,7 +123,7 @@ class FloaterPositionSignal(nn.Module):
 
     def _integrate(self, y0: torch.Tensor, first_index: int, last_index: int) -> torch.Tensor:
         """p(t_i) for i in [first_index, last_index], starting from y0 = p(t_first)."""
-        t = torch.arange(first_index, last_index + 1, device=y0.device, dtype=torch.float32)
+        t = torch.arange(first_index, last_index + 1, device=y0.device, dtype=y0.dtype)
         t = t * self.dt
         if t.numel() == 1:
             return y0.unsqueeze(0)
@@ -149,8 +150,13 @@ class FloaterPositionSignal(nn.Module):
         return solution
 
     def solve(self, length: int) -> torch.Tensor:
-        """A fresh solve: [length, K, d] float32, differentiable."""
-        return self._integrate(self.initial_values.float(), 0, length - 1)
+        """A fresh solve: [length, K, d], differentiable; float32 (float64 for float64 params)."""
+        return self._integrate(self.initial_values.to(self.ode_dtype), 0, length - 1)
+
+    @property
+    def ode_dtype(self) -> torch.dtype:
+        # Never integrate in fp16/bf16: the state would drift within a few hundred steps.
+        return torch.float64 if self.initial_values.dtype == torch.float64 else torch.float32
 
     def _parameter_key(self):
         return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
@@ -169,7 +175,7 @@ class FloaterPositionSignal(nn.Module):
         return self._cache[:length]
 
     def table(self, length: int) -> torch.Tensor:
-        """p_k(t_i) for i < length, all k: [length, K, d] in float32."""
+        """p_k(t_i) for i < length, all k: [length, K, d] in ``ode_dtype``."""
         if length < 1:
             raise ValueError(f"FLOATER: cannot encode an empty sequence (length {length})")
         if self._shared is not None and self._shared.size(0) >= length:

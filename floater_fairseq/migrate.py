@@ -1,0 +1,151 @@
+"""Warm start (the paper's NMT protocol, App. B.2): turn a vanilla fairseq ``transformer*``
+checkpoint into a ``floater_transformer*`` checkpoint that computes exactly the same function.
+
+The compatibility form (Eqs. 11-13) adds b^(n)(t) to the q/k/v projections; with h's output
+layer at zero and b(0) = 0 every bias is exactly 0, so the migrated model *is* the vanilla one.
+Fine-tune it with half the peak LR and ``--reset-optimizer --reset-lr-scheduler
+--reset-dataloader --reset-meters``:
+
+    python -m floater_fairseq.migrate checkpoints/vanilla/checkpoint_last.pt floater_init.pt
+    fairseq-train ... --user-dir floater_fairseq --arch floater_transformer_wmt_en_de \\
+        --restore-file floater_init.pt --reset-optimizer --reset-lr-scheduler \\
+        --reset-dataloader --reset-meters --lr 3.5e-4
+"""
+import argparse
+import copy
+import os
+import sys
+import tempfile
+
+import torch
+
+from fairseq import checkpoint_utils
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+
+from . import serialization  # noqa: F401  (allow-list before loading)
+from .models.floater_transformer import FloaterTransformerModel
+from .modules.floater import FloaterPositionSignal
+
+# Dimensions that must agree between the checkpoint and an explicitly requested --arch.
+ARCH_DIMENSIONS = (
+    "encoder_embed_dim", "decoder_embed_dim", "encoder_ffn_embed_dim", "decoder_ffn_embed_dim",
+    "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
+)
+
+
+class MigrationError(ValueError):
+    """The checkpoint cannot be turned into a FLOATER checkpoint; nothing was written."""
+
+
+def floater_arch_for(vanilla_arch: str) -> str:
+    candidate = "floater_" + vanilla_arch
+    return candidate if candidate in ARCH_MODEL_REGISTRY else "floater_transformer"
+
+
+def migrate_state(state: dict, arch: str = None) -> dict:
+    """Return a new checkpoint dict; ``state`` is not modified."""
+    model_args = state.get("cfg", {}).get("model") if state.get("cfg") is not None else None
+    if model_args is None:
+        raise MigrationError("the checkpoint has no model configuration (cfg.model): is it a fairseq checkpoint?")
+    vanilla_arch = model_args.get("arch") if hasattr(model_args, "get") else getattr(model_args, "arch", None)
+    if vanilla_arch not in ARCH_MODEL_REGISTRY or ARCH_MODEL_REGISTRY[vanilla_arch].__name__ != "TransformerModel":
+        raise MigrationError(
+            f"the checkpoint's arch is {vanilla_arch!r}, not one of fairseq's transformer* "
+            "architectures: only vanilla fairseq Transformer checkpoints can be migrated"
+        )
+    args = copy.deepcopy(model_args) if isinstance(model_args, argparse.Namespace) else argparse.Namespace(**dict(model_args))
+    target_arch = arch or floater_arch_for(vanilla_arch)
+    if target_arch not in ARCH_MODEL_REGISTRY or ARCH_MODEL_REGISTRY[target_arch] is not FloaterTransformerModel:
+        floater_archs = sorted(a for a, m in ARCH_MODEL_REGISTRY.items() if m is FloaterTransformerModel)
+        raise MigrationError(f"--arch {target_arch!r} is not a floater architecture; choose one of {floater_archs}")
+    if arch is not None:
+        reference = argparse.Namespace()
+        ARCH_CONFIG_REGISTRY[target_arch](reference)
+        mismatched = [
+            f"{key}: checkpoint {getattr(args, key, None)} vs {target_arch} {getattr(reference, key)}"
+            for key in ARCH_DIMENSIONS if getattr(args, key, None) != getattr(reference, key)
+        ]
+        if mismatched:
+            raise MigrationError(
+                "the checkpoint's dimensions do not match --arch %s (%s); omit --arch to keep the "
+                "checkpoint's own dimensions" % (target_arch, "; ".join(mismatched))
+            )
+    if getattr(args, "pos_blocks", "all") not in (None, "all"):
+        raise MigrationError("warm start is exact only for --pos-blocks all (the compatibility form)")
+    args.arch = target_arch
+    args._name = target_arch
+    args.pos_encoder, args.pos_blocks = "floater", "all"
+    args.floater_init_std = 0.0  # h's output layer == 0: every bias is exactly zero
+    ARCH_CONFIG_REGISTRY[target_arch](args)
+    if args.encoder_embed_dim != args.decoder_embed_dim:
+        raise MigrationError(
+            f"encoder_embed_dim {args.encoder_embed_dim} != decoder_embed_dim {args.decoder_embed_dim}: "
+            "FLOATER shares one ODE between encoder and decoder"
+        )
+
+    vanilla_weights = state["model"]
+    if any(key.startswith("position_signal.") for key in vanilla_weights):
+        raise MigrationError("the checkpoint already contains FLOATER parameters (position_signal.*)")
+    missing = [k for k in ("encoder.layers.0.self_attn.q_proj.weight", "decoder.layers.0.encoder_attn.k_proj.weight") if k not in vanilla_weights]
+    if missing:
+        raise MigrationError(f"the checkpoint's weights lack {missing}: not an encoder-decoder transformer")
+    signal = FloaterPositionSignal(
+        3 * args.encoder_layers + 6 * args.decoder_layers,
+        args.encoder_embed_dim,
+        dt=args.floater_dt, method=args.floater_method, step_size=args.floater_step_size,
+        rtol=args.floater_rtol, atol=args.floater_atol, adjoint=args.floater_adjoint,
+        hidden_dim=args.floater_hidden_dim, init_std=0.0, initial_value_std=0.0,
+    )
+    dtype = vanilla_weights["encoder.layers.0.self_attn.q_proj.weight"].dtype
+    weights = dict(vanilla_weights)
+    weights.update({f"position_signal.{k}": v.to(dtype) for k, v in signal.state_dict().items()})
+
+    migrated = dict(state)
+    migrated["model"] = weights
+    cfg = copy.deepcopy(state["cfg"])
+    cfg["model"] = args
+    migrated["cfg"] = cfg
+    migrated["last_optimizer_state"] = None  # the parameter set changed: fine-tune with --reset-optimizer
+    migrated["extra_state"] = None
+    return migrated
+
+
+def migrate(source: str, destination: str, arch: str = None) -> None:
+    if not os.path.isfile(source):
+        raise MigrationError(f"no such checkpoint: {source}")
+    if os.path.abspath(source) == os.path.abspath(destination):
+        raise MigrationError("the output path must differ from the input checkpoint")
+    state = checkpoint_utils.load_checkpoint_to_cpu(source)
+    migrated = migrate_state(state, arch)
+    out_dir = os.path.dirname(os.path.abspath(destination))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".migrate-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(migrated, tmp)
+        os.replace(tmp, destination)  # atomic: a reader never sees a half-written checkpoint
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m floater_fairseq.migrate", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("vanilla", help="checkpoint of a fairseq transformer* architecture")
+    parser.add_argument("output", help="where to write the floater_transformer* checkpoint")
+    parser.add_argument("--arch", help="floater architecture (default: floater_ + the checkpoint's arch)")
+    args = parser.parse_args(argv)
+    try:
+        migrate(args.vanilla, args.output, args.arch)
+    except MigrationError as error:
+        print(f"migrate: error: {error}; nothing was written", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
