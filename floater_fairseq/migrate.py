@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 import torch
+from omegaconf import OmegaConf
 
 from fairseq import checkpoint_utils
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
@@ -102,11 +103,13 @@ def migrate_state(state: dict, arch: str = None) -> dict:
 
     migrated = dict(state)
     migrated["model"] = weights
-    cfg = copy.deepcopy(state["cfg"])
+    # fairseq saves the config as plain containers (trainer.state_dict); do the same so that
+    # every stock tool loads the result under safe loading.
+    cfg = state["cfg"]
+    cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else copy.deepcopy(cfg)
     cfg["model"] = args
     migrated["cfg"] = cfg
     migrated["last_optimizer_state"] = None  # the parameter set changed: fine-tune with --reset-optimizer
-    migrated["extra_state"] = None
     return migrated
 
 

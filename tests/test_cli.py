@@ -1,0 +1,148 @@
+"""The stock fairseq command-line tools end to end, each in a fresh process (checkpoints are
+loaded under torch's safe loading): preprocess -> train -> generate/interactive/validate/hub."""
+import os
+import re
+import subprocess
+
+import pytest
+import torch
+
+from conftest import BIN, TINY, USER_DIR, run_cli
+
+TRAIN = [
+    "--user-dir", USER_DIR, "--optimizer", "adam", "--lr", "0.003", "--lr-scheduler", "inverse_sqrt",
+    "--warmup-updates", "10", "--max-tokens", "1000", "--criterion", "label_smoothed_cross_entropy",
+    "--label-smoothing", "0.1", "--no-progress-bar", "--log-interval", "10", "--seed", "1",
+    "--no-epoch-checkpoints", "--cpu", *TINY,
+]
+
+
+def train(data, save_dir, arch, *extra, epochs=1):
+    return run_cli("fairseq-train", str(data / "bin"), "--arch", arch, "--save-dir", str(save_dir),
+                   "--max-epoch", str(epochs), *TRAIN, *extra)
+
+
+@pytest.fixture(scope="module", params=["all", "input"])
+def trained(request, synthetic_bin, tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp(f"ckpt_{request.param}")
+    log = train(synthetic_bin, save_dir, "floater_transformer_tiny", "--pos-blocks", request.param, epochs=2)
+    assert "num_updates" in log.stderr + log.stdout
+    return synthetic_bin, save_dir / "checkpoint_last.pt", request.param
+
+
+def generate(data, checkpoint, *extra):
+    result = run_cli("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path", str(checkpoint),
+                     "--batch-size", "8", "--required-batch-size-multiple", "1", "--cpu", *extra)
+    return result.stdout + result.stderr
+
+
+def test_train_generate_and_score_with_sacrebleu(trained):
+    data, checkpoint, blocks = trained
+    out = generate(data, checkpoint, "--beam", "4", "--scoring", "sacrebleu", "--remove-bpe")
+    match = re.search(r"Generate test with beam=4: BLEU = ([0-9.]+)", out)
+    assert match, out[-2000:]
+    assert 0.0 <= float(match.group(1)) <= 100.0
+    hypotheses = [line for line in out.splitlines() if line.startswith("H-")]
+    assert len(hypotheses) == 20
+    state = torch.load(checkpoint, map_location="cpu")  # safe loading, thanks to the plugin import
+    assert state["cfg"]["model"].pos_blocks == blocks
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--sampling", "--beam", "2", "--nbest", "2", "--seed", "3"],
+     ["--sampling", "--sampling-topk", "3", "--beam", "1"],
+     ["--sampling", "--sampling-topp", "0.9", "--beam", "1"],
+     ["--beam", "4", "--diversity-rate", "0.5"],
+     ["--beam", "3", "--prefix-size", "1"],
+     ["--beam", "2", "--print-alignment"],
+     ["--beam", "2", "--retain-dropout"]],
+    ids=["sampling", "topk", "topp", "diversity", "prefix", "alignment", "retain-dropout"],
+)
+def test_generate_options(trained, options):
+    data, checkpoint, blocks = trained
+    if blocks != "all":
+        pytest.skip("decoding options are exercised on the compatibility form; both forms share the decoder path")
+    out = generate(data, checkpoint, *options)
+    assert len([line for line in out.splitlines() if line.startswith("H-")]) >= 20
+    if "--print-alignment" in options:
+        assert any(line.startswith("A-") for line in out.splitlines())
+
+
+def test_interactive_and_validate(trained):
+    data, checkpoint, _ = trained
+    result = subprocess.run(
+        [os.path.join(BIN, "fairseq-interactive"), str(data / "bin"), "--user-dir", USER_DIR, "--path", str(checkpoint),
+         "--source-lang", "src", "--target-lang", "tgt", "--beam", "2", "--cpu"],
+        input="s1 s2 s3\ns4 s4 s5 s6 s7 s8 s9 s1 s2 s3 s4 s5 s6 s7 s8 s9 s1 s2 s3 s4 s5\n",
+        capture_output=True, text=True, check=True,
+    )
+    assert len([line for line in result.stdout.splitlines() if line.startswith("H-")]) == 2
+    out = run_cli("fairseq-validate", str(data / "bin"), "--user-dir", USER_DIR, "--path", str(checkpoint),
+                  "--task", "translation", "--max-tokens", "1000", "--cpu", "--valid-subset", "valid,test")
+    assert re.search(r"valid on 'test' subset \| loss [0-9.]+", out.stdout + out.stderr)
+
+
+def test_hub_interface_in_a_fresh_process(trained):
+    data, checkpoint, _ = trained
+    script = (
+        "from fairseq.models.transformer import TransformerModel\n"
+        f"m = TransformerModel.from_pretrained({str(checkpoint.parent)!r}, checkpoint_file='checkpoint_last.pt', "
+        f"data_name_or_path={str(data / 'bin')!r}, user_dir={USER_DIR!r})\n"
+        "print('OUT', m.translate('s1 s2 s3 s4', beam=2))\n"
+    )
+    result = subprocess.run([os.path.join(BIN, "python"), "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"^OUT t\d", result.stdout, re.M), result.stdout
+
+
+@pytest.fixture(scope="module")
+def vanilla_checkpoint(synthetic_bin, tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("vanilla")
+    train(synthetic_bin, save_dir, "transformer_tiny")
+    return save_dir / "checkpoint_last.pt"
+
+
+def test_migrated_vanilla_checkpoint_gives_the_same_log_probabilities(synthetic_bin, vanilla_checkpoint, tmp_path):
+    from fairseq import checkpoint_utils
+
+    vanilla = vanilla_checkpoint
+    migrated = tmp_path / "floater_init.pt"
+    run_cli("python", "-m", "floater_fairseq.migrate", str(vanilla), str(migrated))
+    losses = []
+    for path in (vanilla, migrated):
+        out = run_cli("fairseq-validate", str(synthetic_bin / "bin"), "--user-dir", USER_DIR, "--path", str(path),
+                      "--task", "translation", "--max-tokens", "1000", "--cpu")
+        losses.append(re.search(r"\| loss ([0-9.]+)", out.stdout + out.stderr).group(1))
+    assert losses[0] == losses[1]
+    (m_vanilla,), _ = checkpoint_utils.load_model_ensemble([str(vanilla)])
+    (m_floater,), _ = checkpoint_utils.load_model_ensemble([str(migrated)])
+    assert type(m_floater).__name__ == "FloaterTransformerModel"
+    src = torch.tensor([[5, 6, 7, 8, 2], [1, 1, 9, 10, 2]])
+    prev = torch.tensor([[2, 11, 12, 13], [2, 14, 15, 16]])
+    m_vanilla.eval(), m_floater.eval()
+    with torch.no_grad():
+        a = m_vanilla.get_normalized_probs(m_vanilla(src, None, prev), log_probs=True)
+        b = m_floater.get_normalized_probs(m_floater(src, None, prev), log_probs=True)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # ... and it fine-tunes with the stock trainer and the paper's reset flags
+    train(synthetic_bin, tmp_path / "finetune", "floater_transformer_tiny", "--restore-file", str(migrated),
+          "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader", "--reset-meters")
+
+
+def test_migrate_refuses_bad_input_and_writes_nothing(trained, tmp_path):
+    _, floater_checkpoint, _ = trained
+    out = tmp_path / "out.pt"
+    result = run_cli("python", "-m", "floater_fairseq.migrate", str(floater_checkpoint), str(out), check=False)
+    assert result.returncode == 2 and "not one of fairseq's transformer" in result.stderr
+    assert not out.exists()
+    result = run_cli("python", "-m", "floater_fairseq.migrate", str(tmp_path / "missing.pt"), str(out), check=False)
+    assert result.returncode == 2 and "no such checkpoint" in result.stderr and not out.exists()
+
+
+def test_migrate_refuses_mismatched_arch(vanilla_checkpoint, tmp_path):
+    out = tmp_path / "out.pt"
+    result = run_cli("python", "-m", "floater_fairseq.migrate", str(vanilla_checkpoint),
+                     str(out), "--arch", "floater_transformer_wmt_en_de", check=False)
+    assert result.returncode == 2 and "encoder_embed_dim: checkpoint 16 vs floater_transformer_wmt_en_de 512" in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".migrate-*"))
