@@ -30,8 +30,9 @@ from ..modules.floater import ODE_METHODS, FloaterPositionSignal
 from ..modules.position_bias import (
     ProjectionBiasSlots,
     add_projection_biases,
-    gather_positions,
+    position_index,
     real_token_positions,
+    rows_at,
 )
 
 logger = logging.getLogger(__name__)
@@ -152,10 +153,11 @@ class FloaterPositionalEmbedding(nn.Module):
         else:
             positions = real_token_positions(pad_mask)
         length = input.size(1)
+        incremental = incremental_state is not None
+        index = position_index(positions, length, last_only=incremental)
         table = self._signal[0].table(length)[:, self.row]
-        signal = gather_positions(table, positions, length).transpose(0, 1)  # [B|1, T, d]
-        if incremental_state is not None:
-            signal = signal[:, -1:]
+        signal = rows_at(table, index).transpose(0, 1)  # [B|1, T, d]
+        if incremental:
             pad_mask = pad_mask[:, -1:]
         signal = signal * (~pad_mask).unsqueeze(-1)  # zero at pads, like fairseq's embeddings
         return signal.to(self._signal[0].initial_values.dtype)
@@ -190,9 +192,9 @@ class FloaterTransformerEncoder(_PositionSignalUser, TransformerEncoderBase):
         if not self.bias_slots.slots:
             return super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
         length = src_tokens.size(1)
-        table = self.position_signal.table(length)[:, self.bias_slots.rows("source")]
         positions = real_token_positions(src_tokens.eq(self.padding_idx))
-        self.bias_slots.set({"source": gather_positions(table, positions, length)}, self._dtype())
+        table = self.position_signal.table(length)
+        self.bias_slots.set(table, {"source": position_index(positions, length)}, self._dtype())
         try:
             return super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
         finally:
@@ -228,23 +230,14 @@ class FloaterTransformerDecoder(_PositionSignalUser, TransformerDecoderBase):
         source_length = encoder_out["encoder_out"][0].size(0) if need_source else 0
         table = self.position_signal.table(max(target_length, source_length))
         target_positions = real_token_positions(prev_output_tokens.eq(self.padding_idx))
-        if incremental_state is not None:
-            # One row per step: the current token's position only.
-            if target_positions is None:
-                target = table[target_length - 1:target_length].unsqueeze(1)
-            else:
-                target = table[target_positions[:, -1]].unsqueeze(0)
-        else:
-            target = gather_positions(table, target_positions, target_length)
-        biases = {"target": target[:, :, self.bias_slots.rows("target")]}
-        source_rows = self.bias_slots.rows("source")
+        # Incremental decoding reads one row per step: the current token's position only.
+        indices = {"target": position_index(target_positions, target_length, last_only=incremental_state is not None)}
         if need_source:
             masks = encoder_out.get("encoder_padding_mask") or [None]
-            source_positions = real_token_positions(masks[0])
-            biases["source"] = gather_positions(table[:, source_rows], source_positions, source_length)
+            indices["source"] = position_index(real_token_positions(masks[0]), source_length)
         else:
-            biases["source"] = None
-        self.bias_slots.set(biases, self._dtype())
+            indices["source"] = None
+        self.bias_slots.set(table, indices, self._dtype())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
     q_i = W_q x_i + b_q + b_q^(n)(t_i),   and the same for k and v.
 """
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fairseq.modules import MultiheadAttention
@@ -65,12 +66,22 @@ def real_token_positions(pad_mask: Optional[torch.Tensor]) -> Optional[torch.Ten
     return ((torch.cumsum(real, dim=1) - 1) * real).clamp_(min=0)
 
 
-def gather_positions(table: torch.Tensor, positions: Optional[torch.Tensor], length: int) -> torch.Tensor:
-    """Rows of ``table`` [L, ..., d] at ``positions`` [B, T], time-first: [T, B, ..., d].
-    With positions None (no padding) the result broadcasts over the batch: [T, 1, ..., d]."""
+PositionIndex = Union[slice, torch.Tensor]  # a range shared by every row, or [B, T] positions
+
+
+def position_index(positions: Optional[torch.Tensor], length: int, last_only: bool = False) -> PositionIndex:
+    """Which table rows a (possibly incremental) input reads."""
     if positions is None:
-        return table[:length].unsqueeze(1)
-    return table[positions.t()]
+        return slice(length - 1, length) if last_only else slice(0, length)
+    return positions[:, -1:] if last_only else positions
+
+
+def rows_at(table: torch.Tensor, index: PositionIndex) -> torch.Tensor:
+    """Rows of one trajectory ``table`` [L, d], time-first: [T, B, d], or [T, 1, d] for a slice
+    (broadcast over the batch). F.embedding keeps the backward a small [L, d] accumulation."""
+    if isinstance(index, slice):
+        return table[index].unsqueeze(1)
+    return F.embedding(index.t(), table)
 
 
 class ProjectionBiasSlots:
@@ -84,17 +95,12 @@ class ProjectionBiasSlots:
         for module, row in zip(modules, rows):
             self.slots.append((module, row, kind))
 
-    def rows(self, kind: str) -> List[int]:
-        return [row for _, row, k in self.slots if k == kind]
-
-    def set(self, per_kind: dict, dtype: torch.dtype):
-        """per_kind[kind] = [T, B|1, K_kind, d] biases, columns in the order of ``rows(kind)``;
-        None leaves that kind's projections unbiased for this call."""
-        column = {kind: 0 for kind in per_kind}
-        for module, _, kind in self.slots:
-            bias = per_kind[kind]
-            module.position_bias = None if bias is None else bias[:, :, column[kind]].to(dtype)
-            column[kind] += 1
+    def set(self, table: torch.Tensor, indices: Dict[str, Optional[PositionIndex]], dtype: torch.dtype):
+        """Bias every slot with its trajectory of ``table`` [L, K, d] at ``indices[kind]``; a kind
+        mapped to None leaves its projections unbiased for this call."""
+        for module, row, kind in self.slots:
+            index = indices[kind]
+            module.position_bias = None if index is None else rows_at(table[:, row], index).to(dtype)
 
     def clear(self):
         for module, _, _ in self.slots:
