@@ -22,12 +22,31 @@ def train(data, save_dir, arch, *extra, epochs=1):
                    "--max-epoch", str(epochs), *TRAIN, *extra)
 
 
-@pytest.fixture(scope="module", params=["all", "input"])
-def trained(request, synthetic_bin, tmp_path_factory):
-    save_dir = tmp_path_factory.mktemp(f"ckpt_{request.param}")
-    log = train(synthetic_bin, save_dir, "floater_transformer_tiny", "--pos-blocks", request.param, epochs=2)
-    assert "num_updates" in log.stderr + log.stdout
-    return synthetic_bin, save_dir / "checkpoint_last.pt", request.param
+@pytest.fixture(scope="module")
+def train_floater(synthetic_bin, tmp_path_factory):
+    """Train one floater_transformer_tiny per --pos-blocks mode, once per module."""
+    checkpoints = {}
+
+    def get(blocks):
+        if blocks not in checkpoints:
+            save_dir = tmp_path_factory.mktemp(f"ckpt_{blocks}")
+            log = train(synthetic_bin, save_dir, "floater_transformer_tiny", "--pos-blocks", blocks, epochs=2)
+            assert "num_updates" in log.stderr + log.stdout
+            checkpoints[blocks] = (synthetic_bin, save_dir / "checkpoint_last.pt", blocks)
+        return checkpoints[blocks]
+
+    return get
+
+
+@pytest.fixture(params=["all", "input"])
+def trained(request, train_floater):
+    return train_floater(request.param)
+
+
+@pytest.fixture
+def trained_compat(train_floater):
+    """The compatibility form: the decoding options below share the decoder path of both forms."""
+    return train_floater("all")
 
 
 def generate(data, checkpoint, *extra):
@@ -59,10 +78,8 @@ def test_train_generate_and_score_with_sacrebleu(trained):
      ["--beam", "2", "--retain-dropout"]],
     ids=["sampling", "topk", "topp", "diversity", "prefix", "alignment", "retain-dropout"],
 )
-def test_generate_options(trained, options):
-    data, checkpoint, blocks = trained
-    if blocks != "all":
-        pytest.skip("decoding options are exercised on the compatibility form; both forms share the decoder path")
+def test_generate_options(trained_compat, options):
+    data, checkpoint, _ = trained_compat
     out = generate(data, checkpoint, *options)
     assert len([line for line in out.splitlines() if line.startswith("H-")]) >= 20
     if "--print-alignment" in options:
