@@ -185,3 +185,21 @@ def test_architectures_match_fairseq_namesakes():
     ARCH_CONFIG_REGISTRY["floater_transformer_iwslt_de_en"](flagged)
     assert flagged.floater_dt == 0.01 and flagged.encoder_layers == 3, "archs must never overwrite user flags"
     assert issubclass(FloaterTransformerModel, __import__("fairseq").models.transformer.TransformerModel)
+
+
+def test_deepcopy_shares_one_signal_and_drops_the_cache():
+    """EMA and ensembling deep-copy models: the copy's encoder and decoder must use the copy's
+    signal (not the original's), and derived caches must not be copied."""
+    import copy
+
+    model, d = floater_model("all")
+    src = random_tokens(d, [5, 3], left_pad=True)
+    prev = random_tokens(d, [4, 4])
+    with torch.no_grad():
+        expected, _ = model(src, None, prev)
+        assert model.position_signal._cache is not None
+        clone = copy.deepcopy(model)
+        assert clone.position_signal._cache is None
+        assert clone.encoder.position_signal is clone.position_signal is clone.decoder.position_signal
+        assert clone.position_signal is not model.position_signal
+        torch.testing.assert_close(clone(src, None, prev)[0], expected)
