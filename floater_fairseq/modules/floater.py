@@ -193,9 +193,6 @@ class FloaterPositionSignal(nn.Module):
         finally:
             self._shared = None
 
-    def clear_cache(self):
-        self._cache, self._cache_key = None, None
-
     def __getstate__(self):
         # Caches are derived data: never pickle or deep-copy them.
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
