@@ -195,8 +195,7 @@ class FloaterPositionSignal(nn.Module):
 
     def __getstate__(self):
         # Caches are derived data: never pickle or deep-copy them.
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        state = dict(state)
+        state = dict(self.__dict__)
         state["_cache"] = state["_cache_key"] = state["_shared"] = None
         return state
 
