@@ -25,7 +25,7 @@ from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
 from . import serialization  # noqa: F401  (allow-list before loading)
 from .models.floater_transformer import FloaterTransformerModel
-from .modules.floater import FloaterPositionSignal
+from .modules.floater import FloaterPositionEncoder
 
 # Dimensions that must agree between the checkpoint and an explicitly requested --arch.
 ARCH_DIMENSIONS = (
@@ -71,8 +71,17 @@ def migrate_state(state: dict, arch: str = None) -> dict:
                 "the checkpoint's dimensions do not match --arch %s (%s); omit --arch to keep the "
                 "checkpoint's own dimensions" % (target_arch, "; ".join(mismatched))
             )
-    if getattr(args, "pos_blocks", "all") not in (None, "all"):
-        raise MigrationError("warm start is exact only for --pos-blocks all (the compatibility form)")
+    for flag in ("no_token_positional_embeddings", "encoder_learned_pos", "decoder_learned_pos"):
+        if getattr(args, flag, False):
+            raise MigrationError(
+                f"the checkpoint was trained with --{flag.replace('_', '-')}; FLOATER's compatibility "
+                "form (exact warm start) keeps the vanilla sinusoidal input embedding"
+            )
+    if getattr(args, "pos_encoder", None) not in (None, "floater") or getattr(args, "pos_blocks", None) not in (None, "all"):
+        raise MigrationError(
+            "warm start goes from a vanilla transformer into FLOATER's compatibility form "
+            "(--pos-encoder floater --pos-blocks all), the only form in which it is exact"
+        )
     args.arch = target_arch
     args._name = target_arch
     args.pos_encoder, args.pos_blocks = "floater", "all"
@@ -85,21 +94,15 @@ def migrate_state(state: dict, arch: str = None) -> dict:
         )
 
     vanilla_weights = state["model"]
-    if any(key.startswith("position_signal.") for key in vanilla_weights):
-        raise MigrationError("the checkpoint already contains FLOATER parameters (position_signal.*)")
+    if any(key.startswith("position_encoder.") for key in vanilla_weights):
+        raise MigrationError("the checkpoint already contains position-encoder parameters (position_encoder.*)")
     missing = [k for k in ("encoder.layers.0.self_attn.q_proj.weight", "decoder.layers.0.encoder_attn.k_proj.weight") if k not in vanilla_weights]
     if missing:
         raise MigrationError(f"the checkpoint's weights lack {missing}: not an encoder-decoder transformer")
-    signal = FloaterPositionSignal(
-        3 * args.encoder_layers + 6 * args.decoder_layers,
-        args.encoder_embed_dim,
-        dt=args.floater_dt, method=args.floater_method, step_size=args.floater_step_size,
-        rtol=args.floater_rtol, atol=args.floater_atol, adjoint=args.floater_adjoint,
-        hidden_dim=args.floater_hidden_dim, init_std=0.0, initial_value_std=0.0,
-    )
+    encoder = FloaterPositionEncoder(args, {"encoder": args.encoder_layers, "decoder": args.decoder_layers})
     dtype = vanilla_weights["encoder.layers.0.self_attn.q_proj.weight"].dtype
     weights = dict(vanilla_weights)
-    weights.update({f"position_signal.{k}": v.to(dtype) for k, v in signal.state_dict().items()})
+    weights.update({f"position_encoder.{k}": v.to(dtype) for k, v in encoder.state_dict().items()})
 
     migrated = dict(state)
     migrated["model"] = weights

@@ -1,4 +1,4 @@
-"""floater_transformer: padding invariance, incremental == full decoding, extrapolation,
+"""floater_transformer with FLOATER: extrapolation through the lazily extended cache,
 equivalence with the vanilla transformer at h == 0, b(0) == 0, one ODE solve per forward."""
 import pytest
 import torch
@@ -6,6 +6,7 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 from floater_fairseq.models.floater_transformer import FloaterTransformerModel
 from floater_fairseq.modules.floater import FloaterNumericalError
+from floater_fairseq.modules.position_encoder import PositionCall
 
 from conftest import build_model, random_tokens, randomize_floater
 
@@ -23,57 +24,6 @@ def encode(model, src):
 
 
 @pytest.mark.parametrize("blocks", BLOCKS)
-def test_left_and_right_padding_do_not_change_outputs(blocks):
-    model, d = floater_model(blocks)
-    lengths = [7, 4, 2]
-    left = random_tokens(d, lengths, left_pad=True)
-    right = random_tokens(d, lengths, left_pad=False)
-    prev = random_tokens(d, [5, 3, 6], seed=3)
-    with torch.no_grad():
-        out_left, _ = model(left, None, prev)
-        out_right, _ = model(right, None, prev)
-        for row, n in enumerate(lengths):
-            alone = left[row:row + 1, -n:]  # the same sentence with no padding at all
-            out_alone, _ = model(alone, None, prev[row:row + 1])
-            enc_alone = encode(model, alone)["encoder_out"][0][:, 0]
-            enc_left = encode(model, left[row:row + 1].repeat(1, 1))["encoder_out"][0][-n:, 0]
-            torch.testing.assert_close(enc_left, enc_alone, atol=1e-5, rtol=1e-5)
-            real = prev[row].ne(d.pad())
-            torch.testing.assert_close(out_left[row][real], out_alone[0][real], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(out_right[row][real], out_alone[0][real], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("blocks", BLOCKS)
-def test_incremental_decoding_equals_full_decoding(blocks):
-    model, d = floater_model(blocks)
-    src = random_tokens(d, [6, 3], left_pad=True)
-    prev = random_tokens(d, [7, 7], seed=5)
-    with torch.no_grad():
-        enc = encode(model, src)
-        full, _ = model.decoder(prev, encoder_out=enc)
-        state = {}
-        steps = [model.decoder(prev[:, :t + 1], encoder_out=enc, incremental_state=state)[0] for t in range(prev.size(1))]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("blocks", BLOCKS)
-def test_beam_search_scores_equal_scoring_the_full_sequence(blocks):
-    model, d = floater_model(blocks)
-    src = random_tokens(d, [6, 4, 3], left_pad=True)
-    generator = SequenceGenerator([model], d, beam_size=4, max_len_b=12)
-    sample = {"net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1)}}
-    with torch.no_grad():
-        hypos = generator.generate([model], sample)
-        for row in range(src.size(0)):
-            for hypo in hypos[row][:2]:
-                target = hypo["tokens"].unsqueeze(0)
-                prev = torch.cat([target.new_full((1, 1), d.eos()), target[:, :-1]], dim=1)
-                logits, _ = model(src[row:row + 1], None, prev)
-                lprobs = torch.log_softmax(logits, dim=-1)[0].gather(1, target[0].unsqueeze(1)).squeeze(1)
-                torch.testing.assert_close(hypo["positional_scores"], lprobs, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("blocks", BLOCKS)
 def test_encodes_and_decodes_inputs_four_times_longer(blocks):
     model, d = floater_model(blocks)
     short = random_tokens(d, [10, 8], left_pad=True)
@@ -81,13 +31,13 @@ def test_encodes_and_decodes_inputs_four_times_longer(blocks):
     generator = SequenceGenerator([model], d, beam_size=2, max_len_a=1, max_len_b=5)
     with torch.no_grad():
         generator.generate([model], {"net_input": {"src_tokens": short, "src_lengths": short.ne(d.pad()).sum(1)}})
-        cached = model.position_signal._cache.size(0)
+        cached = model.position_encoder.signal._cache.size(0)
         assert cached < 40
         hypos = generator.generate([model], {"net_input": {"src_tokens": long, "src_lengths": long.ne(d.pad()).sum(1)}})
-        assert model.position_signal._cache.size(0) >= 40
+        assert model.position_encoder.signal._cache.size(0) >= 40
         assert all(len(h[0]["tokens"]) > 0 and torch.isfinite(h[0]["positional_scores"]).all() for h in hypos)
-        extended = model.position_signal.table(45)
-        fresh = model.position_signal.solve(45)
+        extended = model.position_encoder.signal.table(45)
+        fresh = model.position_encoder.signal.solve(45)
     torch.testing.assert_close(extended, fresh, atol=1e-5, rtol=1e-5)
     assert model.encoder.max_positions() >= 1024 and model.max_positions()[0] >= 1024
 
@@ -97,7 +47,7 @@ def test_compat_form_at_h0_b0_is_the_vanilla_transformer():
     floater, d, _ = build_model(extra=["--floater-init-std", "0"])
     vanilla, _, _ = build_model(arch="transformer_tiny", dictionary=d)
     vanilla.load_state_dict(
-        {k: v for k, v in floater.state_dict().items() if not k.startswith("position_signal.")}, strict=True
+        {k: v for k, v in floater.state_dict().items() if not k.startswith("position_encoder.")}, strict=True
     )
     floater.eval(), vanilla.eval()
     src = random_tokens(d, [6, 3], left_pad=True)
@@ -115,7 +65,7 @@ def test_one_ode_solve_per_training_forward_and_exact_gradients(blocks):
     model.train()
     src = random_tokens(d, [9, 5], left_pad=True)
     prev = random_tokens(d, [12, 4], seed=1)
-    signal = model.position_signal
+    signal = model.position_encoder.signal
     solved_lengths = []
     solve = signal.solve
     signal.solve = lambda length: solved_lengths.append(length) or solve(length)
@@ -131,10 +81,20 @@ def test_one_ode_solve_per_training_forward_and_exact_gradients(blocks):
 
 def test_trajectory_layout_compat_form():
     model, _, args = build_model()
+    randomize_floater(model)
     e, n = args.encoder_layers, args.decoder_layers
-    assert model.position_signal.num_trajectories == 3 * e + 6 * n
-    rows = [row for _, row, _ in model.encoder.bias_slots.slots + model.decoder.bias_slots.slots]
-    assert sorted(rows) == list(range(3 * e + 6 * n))
+    encoder = model.position_encoder
+    assert encoder.signal.num_trajectories == 3 * e + 6 * n
+    with torch.no_grad():
+        table = encoder.signal.table(4)
+        used = []
+        for side in ("encoder", "decoder"):
+            call = PositionCall(side, slice(0, 4), 4, torch.float32, source_index=slice(0, 4), source_length=4)
+            for layer in encoder.layer_positions(call):
+                for attention in (layer.self_attention, layer.cross_attention):
+                    for bias in (attention.q, attention.k, attention.v) if attention else ():
+                        used += [r for r in range(table.size(1)) if torch.equal(table[:, r], bias[:, 0])]
+    assert used == list(range(3 * e + 6 * n))  # each trajectory used once, in the documented order
 
 
 def test_bfloat16_model_keeps_the_ode_in_float32():
@@ -145,13 +105,13 @@ def test_bfloat16_model_keeps_the_ode_in_float32():
     with torch.no_grad():
         out, _ = model(src, None, prev)
         assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-        assert model.position_signal.table(5).dtype == torch.float32
+        assert model.position_encoder.signal.table(5).dtype == torch.float32
 
 
 def test_exploding_dynamics_stop_training_with_floater_error():
     model, d, _ = build_model(extra=["--floater-dt", "1.0", "--floater-method", "euler", "--floater-step-size", "1.0"])
     with torch.no_grad():
-        for p in model.position_signal.parameters():
+        for p in model.position_encoder.signal.parameters():
             p.fill_(1e3)
     src = random_tokens(d, [40], left_pad=True)
     with pytest.raises(FloaterNumericalError, match="FLOATER"):
@@ -197,9 +157,9 @@ def test_deepcopy_shares_one_signal_and_drops_the_cache():
     prev = random_tokens(d, [4, 4])
     with torch.no_grad():
         expected, _ = model(src, None, prev)
-        assert model.position_signal._cache is not None
+        assert model.position_encoder.signal._cache is not None
         clone = copy.deepcopy(model)
-        assert clone.position_signal._cache is None
-        assert clone.encoder.position_signal is clone.position_signal is clone.decoder.position_signal
-        assert clone.position_signal is not model.position_signal
+        assert clone.position_encoder.signal._cache is None
+        assert clone.encoder.position_encoder is clone.position_encoder is clone.decoder.position_encoder
+        assert clone.position_encoder.signal is not model.position_encoder.signal
         torch.testing.assert_close(clone(src, None, prev)[0], expected)

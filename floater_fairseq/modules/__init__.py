@@ -1,2 +1,4 @@
+"""Position encoders (one per module, registered by name) and the layers they hook into."""
+from .position_encoder import POSITION_ENCODER_REGISTRY, PositionEncoder  # noqa: F401  (none)
+from . import alibi, floater, learned, rope, shifted_basis, sinusoidal  # noqa: F401  (register)
 from .floater import FloaterDynamics, FloaterNumericalError, FloaterPositionSignal  # noqa: F401
-from .position_bias import PositionBiasedLinear  # noqa: F401

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
+from .position_aware_layers import AttentionPositions, LayerPositions, rows_at
+from .position_encoder import SIDES, AbsolutePositionEncoder, register_position_encoder
+
 # torchdiffeq method names (its public ``method=`` argument). Fixed-grid methods take a step
 # size; adaptive ones take rtol/atol.
 FIXED_GRID_METHODS = (
@@ -187,11 +190,11 @@ class FloaterPositionSignal(nn.Module):
     @contextlib.contextmanager
     def shared_solution(self, length: int):
         """One odeint call for everything that asks for <= length positions inside the block."""
-        self._shared = self.table(length)
+        previous, self._shared = self._shared, self.table(length)
         try:
             yield self._shared
         finally:
-            self._shared = None
+            self._shared = previous
 
     def __getstate__(self):
         # Caches are derived data: never pickle or deep-copy them.
@@ -203,3 +206,119 @@ class FloaterPositionSignal(nn.Module):
 def _fp32_autocast_off(device: torch.device):
     # The ODE state is float32; autocast must not silently downcast the dynamics' matmuls.
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+# --- FLOATER as a position encoder of floater_transformer ---------------------------------------
+
+PROJECTIONS = ("q", "k", "v")
+
+
+@register_position_encoder("floater")
+class FloaterPositionEncoder(AbsolutePositionEncoder):
+    """FLOATER in a seq2seq Transformer: one FloaterPositionSignal, solved once per forward pass.
+
+    ``--pos-blocks all``: the compatibility form (Sec. 3.3, Eqs. 11-13): the vanilla model (input
+    sinusoid, static biases) plus ODE biases on q/k/v of encoder self-attention (source positions),
+    decoder self-attention (target positions) and cross-attention (q over target, k/v over source).
+    Trajectory rows: encoder layer n -> 3n..3n+2 (q, k, v); decoder layer n -> 3E + 6n + (self q,
+    k, v, cross q, k, v). b(0) = 0, so with h == 0 it *is* the vanilla Transformer.
+    ``--pos-blocks input``: p(t_i) replaces the sinusoid at the input embeddings (Eq. 8), rows
+    0 (encoder) and 1 (decoder), p(0) ~ N(0, 1) like a sinusoid's scale.
+    """
+
+    def __init__(self, args, num_layers):
+        super().__init__(args, num_layers)
+        if self.blocks == "all":
+            self.first_row = {"encoder": 0, "decoder": 3 * num_layers["encoder"]}
+            self.rows_per_layer = {"encoder": 3, "decoder": 6}
+        else:
+            self.first_row, self.rows_per_layer = {"encoder": 0, "decoder": 1}, {"encoder": 1, "decoder": 1}
+        num_trajectories = sum(self.rows_per_layer[s] * (num_layers[s] if self.blocks == "all" else 1) for s in SIDES)
+        self.signal = FloaterPositionSignal(
+            num_trajectories, self.embed_dim,
+            dt=args.floater_dt, method=args.floater_method, step_size=args.floater_step_size,
+            rtol=args.floater_rtol, atol=args.floater_atol, adjoint=args.floater_adjoint,
+            hidden_dim=args.floater_hidden_dim, init_std=args.floater_init_std,
+            initial_value_std=0.0 if self.blocks == "all" else 1.0,
+        )
+
+    @staticmethod
+    def add_args(group):
+        group.add_argument("--floater-dt", type=float, metavar="DT",
+                           help="time between consecutive positions, t_i = i*DT "
+                                "(default 0.1 as in the paper; the authors' code used 0.01)")
+        group.add_argument("--floater-method", choices=ODE_METHODS, help="torchdiffeq solver (default rk4)")
+        group.add_argument("--floater-step-size", type=float, metavar="H",
+                           help="step of fixed-grid solvers (default DT/5, the paper's setting)")
+        group.add_argument("--floater-rtol", type=float, help="rtol of adaptive solvers (default 1e-4)")
+        group.add_argument("--floater-atol", type=float, help="atol of adaptive solvers (default 1e-6)")
+        group.add_argument("--floater-adjoint", action="store_true",
+                           help="backpropagate with the adjoint method (O(1) memory in length)")
+        group.add_argument("--floater-hidden-dim", type=int, metavar="N",
+                           help="hidden width of the dynamics h (default: embedding dim)")
+        group.add_argument("--floater-init-std", type=float,
+                           help="std of h's output layer at initialisation (default 0.02; 0 = h == 0)")
+
+    @staticmethod
+    def set_defaults(args):
+        for name, value in (("floater_dt", 0.1), ("floater_method", "rk4"), ("floater_rtol", 1e-4),
+                            ("floater_atol", 1e-6), ("floater_init_std", 0.02)):
+            if getattr(args, name, None) is None:
+                setattr(args, name, value)
+        # None means: step dt/5, hidden width = embedding dim
+        for name in ("floater_step_size", "floater_hidden_dim"):
+            setattr(args, name, getattr(args, name, None))
+        args.floater_adjoint = getattr(args, "floater_adjoint", False)
+
+    @classmethod
+    def configure(cls, args, cfg):
+        # all: the compatibility form keeps the vanilla input sinusoid; input: ours replaces it
+        cfg.no_token_positional_embeddings = args.pos_blocks == "input"
+
+    uses_source_positions = True  # cross-attention k/v biases
+
+    def solving(self, length):
+        return self.signal.shared_solution(length)
+
+    def rows(self, side: str) -> slice:
+        count = self.rows_per_layer[side] * (self.num_layers[side] if self.blocks == "all" else 1)
+        return slice(self.first_row[side], self.first_row[side] + count)
+
+    def table(self, side, length):
+        return self.signal.table(length)[:, self.rows(side)]
+
+    def layer_positions(self, call):
+        if self.blocks != "all":
+            return None
+        length = max(call.length, call.source_length)
+        table = self.signal.table(length)[:, self.rows(call.side)]
+
+        def bias(row, index):
+            # index None: e.g. cross-attention k/v already cached, no source biases needed
+            return None if index is None else rows_at(table[:, row], index).to(call.dtype)
+
+        positions = []
+        for n in range(self.num_layers[call.side]):
+            first = self.rows_per_layer[call.side] * n
+            layer = LayerPositions(self_attention=AttentionPositions(*(bias(first + j, call.index) for j in range(3))))
+            if call.side == "decoder":
+                layer.cross_attention = AttentionPositions(
+                    bias(first + 3, call.index), bias(first + 4, call.source_index), bias(first + 5, call.source_index))
+            positions.append(layer)
+        return positions
+
+    def position_matrices(self, length):
+        table = self.signal.table(length)
+        if self.blocks == "input":
+            return {"encoder input": table[:, 0], "decoder input": table[:, 1]}
+        names = {}
+        for side in SIDES:
+            parts = (["self"] if side == "encoder" else ["self", "cross"])
+            for n in range(self.num_layers[side]):
+                for j, (part, projection) in enumerate((p, x) for p in parts for x in PROJECTIONS):
+                    names[f"{side} block {n + 1} {part} {projection}"] = \
+                        table[:, self.first_row[side] + self.rows_per_layer[side] * n + j]
+        return names
+
+    def extra_repr(self):
+        return f"blocks={self.blocks}"
