@@ -163,3 +163,30 @@ def test_migrate_refuses_mismatched_arch(vanilla_checkpoint, tmp_path):
                      str(out), "--arch", "floater_transformer_wmt_en_de", check=False)
     assert result.returncode == 2 and "encoder_embed_dim: checkpoint 16 vs floater_transformer_wmt_en_de 512" in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".migrate-*"))
+
+
+OTHER_ENCODERS = [("sinusoidal", "all"), ("sinusoidal", "input"), ("learned", "all"), ("learned", "input"),
+                  ("shifted-basis", "input"), ("none", "all"), ("rope", "all"), ("alibi", "all")]
+
+
+@pytest.mark.parametrize("encoder,blocks", OTHER_ENCODERS, ids=[f"{e}-{b}" for e, b in OTHER_ENCODERS])
+def test_every_position_encoder_trains_and_generates_through_the_cli(synthetic_bin, tmp_path, encoder, blocks):
+    flags = ["--pos-encoder", encoder, "--pos-blocks", blocks, "--max-source-positions", "64", "--max-target-positions", "64"]
+    if encoder == "shifted-basis":
+        flags += ["--basis-max-positions", "64", "--basis-size", "16"]
+    train(synthetic_bin, tmp_path, "floater_transformer_tiny", *flags, "--max-update", "6")
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    out = generate(synthetic_bin, checkpoint, "--beam", "2", "--scoring", "sacrebleu")
+    assert re.search(r"Generate test with beam=2: BLEU = [0-9.]+", out), out[-2000:]
+    assert len([line for line in out.splitlines() if line.startswith("H-")]) == 20
+    assert torch.load(checkpoint, map_location="cpu")["cfg"]["model"].pos_encoder == encoder
+
+
+def test_analyze_positions_on_a_trained_checkpoint(trained_compat, tmp_path):
+    _, checkpoint, _ = trained_compat
+    result = run_cli("python", "-m", "floater_fairseq.analyze_positions", str(checkpoint), "--positions", "40",
+                     "--out-dir", str(tmp_path))
+    rows = re.findall(r"^(encoder|decoder) block (\d) (self|cross) ([qkv]) +([0-9.]+) +([0-9.]+)", result.stdout, re.M)
+    assert len(rows) == 3 * 2 + 6 * 2  # every trajectory of the tiny model (2 + 2 layers)
+    assert all(1.0 <= float(sr) <= 16 and 0 < float(dp) <= 1 for *_, sr, dp in rows)
+    assert (tmp_path / "heatmap.png").exists() and (tmp_path / "profile.png").exists()
