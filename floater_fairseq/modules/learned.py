@@ -15,6 +15,7 @@ from .position_encoder import AbsolutePositionEncoder, register_position_encoder
 
 @register_position_encoder("learned")
 class LearnedPositionEncoder(AbsolutePositionEncoder):
+    fairseq_input_embedding = True
     def __init__(self, args, num_layers):
         super().__init__(args, num_layers)
         self.lengths = {"encoder": args.max_source_positions, "decoder": args.max_target_positions}
@@ -30,9 +31,6 @@ class LearnedPositionEncoder(AbsolutePositionEncoder):
     def configure(cls, args, cfg):
         cfg.no_token_positional_embeddings = args.pos_blocks == "all"
         cfg.encoder.learned_pos = cfg.decoder.learned_pos = args.pos_blocks == "input"
-
-    def install(self, model):
-        self._coders = {"encoder": model.encoder, "decoder": model.decoder}  # keeps fairseq's input
 
     def max_positions(self, side):
         return self.lengths[side]

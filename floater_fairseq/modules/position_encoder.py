@@ -137,7 +137,10 @@ class AbsolutePositionEncoder(PositionEncoder):
     """An encoder defined by a table of vectors per position: ``table(side, n)`` is [n, K, d] with
     one trajectory per block (``--pos-blocks all``: added to the input of every block, Eq. 10) or
     K = 1 (``--pos-blocks input``: added to the token embeddings, through fairseq's
-    ``embed_positions`` hook)."""
+    ``embed_positions`` hook; encoders whose input form is fairseq's own module set
+    ``fairseq_input_embedding``)."""
+
+    fairseq_input_embedding = False
 
     def num_tables(self, side: str) -> int:
         return self.num_layers[side] if self.blocks == "all" else 1
@@ -147,7 +150,7 @@ class AbsolutePositionEncoder(PositionEncoder):
 
     def install(self, model):
         super().install(model)
-        if self.blocks == "input":
+        if self.blocks == "input" and not self.fairseq_input_embedding:
             for side, coder in self._coders.items():
                 coder.embed_positions = TablePositionalEmbedding(self, side, coder)
 
@@ -159,13 +162,14 @@ class AbsolutePositionEncoder(PositionEncoder):
                 for n in range(table.size(1))]
 
     def position_matrices(self, length):
-        self._check_analysable(length)
-        return {f"{side} block {n + 1}" if self.blocks == "all" else f"{side} input": table[:, n]
-                for side in SIDES for table in [self.table(side, length)] for n in range(table.size(1))}
-
-    def _check_analysable(self, length):
+        matrices = {}
         for side in SIDES:
-            self.check_length(side, length)
+            table = self.table(side, length)
+            if self.blocks == "input":
+                matrices[f"{side} input"] = table[:, 0]
+            for n in range(table.size(1) if self.blocks == "all" else 0):
+                matrices[f"{side} block {n + 1}"] = table[:, n]
+        return matrices
 
 
 class TablePositionalEmbedding(nn.Module):

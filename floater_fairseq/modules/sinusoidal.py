@@ -18,6 +18,7 @@ from .position_encoder import AbsolutePositionEncoder, register_position_encoder
 
 @register_position_encoder("sinusoidal")
 class SinusoidalPositionEncoder(AbsolutePositionEncoder):
+    fairseq_input_embedding = True
     def __init__(self, args, num_layers):
         super().__init__(args, num_layers)
         self.register_buffer("_sinusoid", torch.empty(0, self.embed_dim), persistent=False)
@@ -26,9 +27,6 @@ class SinusoidalPositionEncoder(AbsolutePositionEncoder):
     def configure(cls, args, cfg):
         # input: fairseq's vanilla embedding; all: only the per-block signals of Eq. 7
         cfg.no_token_positional_embeddings = args.pos_blocks == "all"
-
-    def install(self, model):
-        self._coders = {"encoder": model.encoder, "decoder": model.decoder}  # keeps fairseq's input
 
     def sinusoid(self, length: int) -> torch.Tensor:
         """S(0..length-1) [length, d], float32; extended lazily, never stored in checkpoints."""
