@@ -3,22 +3,19 @@
 Offline, on a fresh machine: a seeded synthetic translation task whose output order depends on
 positions (vocabulary mapping + reversal, see synthetic.py), trained on sentences of at most L
 words and tested on length buckets up to 4L. Trains fairseq's transformer (sinusoidal at the
-input) and floater_transformer (compatibility form and input form) with the stock fairseq tools,
-then prints sacreBLEU per length bucket and saves a plot.
+input), a learned absolute embedding, and floater_transformer (compatibility form and input form)
+with the stock fairseq tools, then prints sacreBLEU per length bucket and saves a plot.
 
     python -m floater_fairseq.demo [--quick] [--out demo-out]
 """
 import argparse
-import collections
-import logging
 import os
 import re
 import subprocess
 import sys
 import time
 
-import sacrebleu
-
+from .length_buckets import bucket_bleu, parse_generate_output, plot
 from .synthetic import make_pairs, write_split
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -26,6 +23,7 @@ BIN = os.path.dirname(sys.executable)
 
 SYSTEMS = [  # (label, arch, extra flags)
     ("sinusoidal (input)", "transformer", []),
+    ("learned (input)", "floater_transformer", ["--pos-encoder", "learned", "--pos-blocks", "input"]),
     ("FLOATER (all blocks)", "floater_transformer", ["--pos-blocks", "all"]),
     ("FLOATER (input)", "floater_transformer", ["--pos-blocks", "input"]),
 ]
@@ -85,49 +83,8 @@ def train_and_decode(out, label, arch, extra, cfg):
     output = run("fairseq-generate", os.path.join(out, "bin"), "--user-dir", USER_DIR,
                  "--path", os.path.join(save_dir, "checkpoint_last.pt"), "--beam", "4", "--batch-size", "64",
                  "--required-batch-size-multiple", "1", "--max-len-a", "1.2", "--max-len-b", "5", "--cpu")
-    hyps, srcs, refs = {}, {}, {}
-    for line in output.splitlines():
-        tag, _, rest = line.partition("\t")
-        kind, _, idx = tag.partition("-")
-        if kind == "H":
-            hyps[int(idx)] = rest.split("\t", 1)[1]
-        elif kind == "S":
-            srcs[int(idx)] = rest
-        elif kind == "T":
-            refs[int(idx)] = rest
-    return hyps, srcs, refs, train_seconds
-
-
-def bucket_bleu(hyps, srcs, refs, buckets):
-    grouped = collections.defaultdict(lambda: ([], []))
-    for i, src in srcs.items():
-        n = len(src.split())
-        for k, (lo, hi) in enumerate(buckets):
-            if lo <= n <= hi:
-                grouped[k][0].append(hyps.get(i, ""))
-                grouped[k][1].append(refs[i])
-    return [sacrebleu.corpus_bleu(*[grouped[k][0], [grouped[k][1]]]).score if grouped[k][0] else float("nan")
-            for k in range(len(buckets))]
-
-
-def plot(path, buckets, results):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq sets the root logger to DEBUG-friendly levels
-    import matplotlib.pyplot as plt
-
-    centres = [(lo + hi) / 2 for lo, hi in buckets]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (scores, _) in results.items():
-        ax.plot(centres, scores, marker="o", label=label)
-    ax.axvline(buckets[0][1], color="grey", linestyle=":", label="longest training sentence")
-    ax.set_xlabel("source length (words)")
-    ax.set_ylabel("sacreBLEU")
-    ax.set_title("Length extrapolation on the synthetic reversal task")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    sources, references, hypotheses = parse_generate_output(output)
+    return hypotheses, sources, references, train_seconds
 
 
 def main(argv=None):
@@ -144,7 +101,8 @@ def main(argv=None):
     for i, (label, arch, extra) in enumerate(SYSTEMS):
         print(f"[2/3] training {label} ({i + 1}/{len(SYSTEMS)}), {cfg['epochs']} epochs", flush=True)
         hyps, srcs, refs, seconds = train_and_decode(args.out, label, arch, extra, cfg)
-        results[label] = (bucket_bleu(hyps, srcs, refs, buckets), seconds)
+        lengths = {i: len(src.split()) for i, src in srcs.items()}
+        results[label] = ([bleu for bleu, _ in bucket_bleu(hyps, lengths, refs, buckets)], seconds)
     print("[3/3] sacreBLEU by source length (training sentences have at most "
           f"{cfg['max_len']} words)\n", flush=True)
     header = "| system | " + " | ".join(f"{lo}-{hi}" for lo, hi in buckets) + " | train time |"
@@ -155,7 +113,8 @@ def main(argv=None):
     print(table)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(table + "\n")
-    plot(os.path.join(args.out, "bleu_by_length.png"), buckets, results)
+    plot(os.path.join(args.out, "bleu_by_length.png"), buckets, {label: scores for label, (scores, _) in results.items()},
+         train_max_len=cfg["max_len"], title="Synthetic reversal task: BLEU by source length")
     print(f"\nwrote {args.out}/results.md and {args.out}/bleu_by_length.png")
 
 

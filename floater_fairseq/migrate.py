@@ -49,13 +49,18 @@ def migrate_state(state: dict, arch: str = None) -> dict:
     if model_args is None:
         raise MigrationError("the checkpoint has no model configuration (cfg.model): is it a fairseq checkpoint?")
     vanilla_arch = model_args.get("arch") if hasattr(model_args, "get") else getattr(model_args, "arch", None)
-    if vanilla_arch not in ARCH_MODEL_REGISTRY or ARCH_MODEL_REGISTRY[vanilla_arch].__name__ != "TransformerModel":
+    args = copy.deepcopy(model_args) if isinstance(model_args, argparse.Namespace) else argparse.Namespace(**dict(model_args))
+    model_class = ARCH_MODEL_REGISTRY.get(vanilla_arch)
+    # floater_transformer with fairseq's input sinusoid and nothing else is the vanilla model too
+    vanilla_floater = model_class is FloaterTransformerModel and (
+        getattr(args, "pos_encoder", None), getattr(args, "pos_blocks", None)) == ("sinusoidal", "input")
+    if model_class is None or (model_class.__name__ != "TransformerModel" and not vanilla_floater):
         raise MigrationError(
             f"the checkpoint's arch is {vanilla_arch!r}, not one of fairseq's transformer* "
-            "architectures: only vanilla fairseq Transformer checkpoints can be migrated"
+            "architectures (or floater_transformer* with --pos-encoder sinusoidal --pos-blocks input): "
+            "only vanilla Transformer checkpoints can be migrated"
         )
-    args = copy.deepcopy(model_args) if isinstance(model_args, argparse.Namespace) else argparse.Namespace(**dict(model_args))
-    target_arch = arch or floater_arch_for(vanilla_arch)
+    target_arch = arch or (vanilla_arch if vanilla_floater else floater_arch_for(vanilla_arch))
     if target_arch not in ARCH_MODEL_REGISTRY or ARCH_MODEL_REGISTRY[target_arch] is not FloaterTransformerModel:
         floater_archs = sorted(a for a, m in ARCH_MODEL_REGISTRY.items() if m is FloaterTransformerModel)
         raise MigrationError(f"--arch {target_arch!r} is not a floater architecture; choose one of {floater_archs}")
@@ -77,11 +82,6 @@ def migrate_state(state: dict, arch: str = None) -> dict:
                 f"the checkpoint was trained with --{flag.replace('_', '-')}; FLOATER's compatibility "
                 "form (exact warm start) keeps the vanilla sinusoidal input embedding"
             )
-    if getattr(args, "pos_encoder", None) not in (None, "floater") or getattr(args, "pos_blocks", None) not in (None, "all"):
-        raise MigrationError(
-            "warm start goes from a vanilla transformer into FLOATER's compatibility form "
-            "(--pos-encoder floater --pos-blocks all), the only form in which it is exact"
-        )
     args.arch = target_arch
     args._name = target_arch
     args.pos_encoder, args.pos_blocks = "floater", "all"

@@ -26,7 +26,7 @@ DATASETS = {
         train={"source-lang": "de", "target-lang": "en", "encoder-layers": 3, "decoder-layers": 3,
                "encoder-embed-dim": 256, "decoder-embed-dim": 256, "encoder-ffn-embed-dim": 512,
                "decoder-ffn-embed-dim": 512, "encoder-attention-heads": 4, "decoder-attention-heads": 4,
-               "dropout": 0.3, "weight-decay": 0.0001, "lr": 0.001, "warmup-updates": 1000,
+               "dropout": 0.3, "weight-decay": 0.0001, "lr": 0.001, "warmup-updates": 400,
                "max-tokens": 2048, "max-epoch": 20},
         evaluate={"average_last": 5, "beam": 5, "lenpen": 1.0, "compound_split": False}, warm_epochs=5),
     "iwslt14-de-en": dict(

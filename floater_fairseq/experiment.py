@@ -1,0 +1,295 @@
+"""Train, evaluate and tabulate experiments described by configs/DATASET/ROW.yaml.
+
+    python -m floater_fairseq.experiment train CONFIG [extra fairseq-train flags]
+    python -m floater_fairseq.experiment evaluate CHECKPOINT_DIR [CONFIG] [--average-last N]
+    python -m floater_fairseq.experiment table DATASET [--rows R,...] [extra fairseq-train flags]
+
+(scripts/train.sh, evaluate.sh and reproduce-table.sh call these.)
+
+train: fairseq-train with --user-dir and every flag of the config, --save-dir
+checkpoints/DATASET/ROW (or $CHECKPOINT_ROOT/DATASET/ROW); a re-run resumes from checkpoint_last.
+A config with ``warm_start`` (the paper's protocol, App. B.2) first trains its ``from`` row if
+needed, migrates that checkpoint exactly into FLOATER, and fine-tunes with lr x lr_scale,
+max_epoch epochs and fresh optimizer, scheduler, data loader and meters.
+
+evaluate: averages the last N epoch checkpoints with fairseq's averaging script, decodes the test
+set with the config's beam and lenpen (subwords removed), scores with sacreBLEU against the raw
+references (signature printed; compound-split BLEU for En-De, labelled as such) and writes one
+JSON result to results/DATASET/ROW.json.
+
+table: train + evaluate every Table-2 row of a dataset (rows with a result are skipped) and
+write results/DATASET.md in the paper's layout, with the paper's numbers where it has them.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+import sacrebleu
+
+from .experiment_config import ConfigError, load, train_args
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER_DIR = os.path.dirname(os.path.abspath(__file__))
+BIN = os.path.dirname(sys.executable)
+# where configs, results and checkpoints live (environment overrides, e.g. for tests)
+CONFIG_ROOT = os.environ.get("FLOATER_CONFIGS", os.path.join(REPO, "configs"))
+RESULTS_ROOT = os.environ.get("FLOATER_RESULTS", os.path.join(REPO, "results"))
+TABLE2_ROWS = ["floater-all", "floater-input", "sinusoidal-all", "sinusoidal-input", "learned-all", "learned-input"]
+# Table 2 of the paper (WMT14 BLEU)
+PAPER = {
+    "wmt14-en-de-base": {"floater-all": 28.6, "floater-input": 28.3, "sinusoidal-all": 28.2, "sinusoidal-input": 27.9,
+                         "learned-all": 26.9, "learned-input": 27.8},
+    "wmt14-en-fr-base": {"floater-all": 41.6, "floater-input": 41.1, "sinusoidal-all": 40.6, "sinusoidal-input": 40.4,
+                         "learned-all": 40.9, "learned-input": 40.9},
+    "wmt14-en-de-big": {"floater-all": 29.2, "floater-input": 29.1, "sinusoidal-all": 28.4, "sinusoidal-input": 28.4,
+                        "learned-all": 28.3, "learned-input": 28.5},
+    "wmt14-en-fr-big": {"floater-all": 42.7, "floater-input": 42.4, "sinusoidal-all": 42.0, "sinusoidal-input": 41.8,
+                        "learned-all": 42.0, "learned-input": 42.4},
+}
+
+
+class ExperimentError(RuntimeError):
+    pass
+
+
+def repo_path(path: str) -> str:
+    return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(REPO, path)
+
+
+def row_of(config_path: str):
+    return os.path.basename(os.path.dirname(os.path.abspath(config_path))), os.path.splitext(os.path.basename(config_path))[0]
+
+
+def checkpoint_dir(config_path: str) -> str:
+    dataset, row = row_of(config_path)
+    return os.path.join(os.environ.get("CHECKPOINT_ROOT", os.path.join(REPO, "checkpoints")), dataset, row)
+
+
+def run(cmd, log_path=None):
+    print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc, \
+            open(log_path or os.devnull, "a") as log:
+        for line in proc.stdout:
+            sys.stdout.write(line)  # fairseq's progress stays visible
+            log.write(line)
+    if proc.returncode:
+        raise ExperimentError(f"{os.path.basename(cmd[0])} failed with exit code {proc.returncode}")
+
+
+def _save_dir(extra):
+    return extra[extra.index("--save-dir") + 1] if "--save-dir" in extra else None
+
+
+def train(config_path: str, extra=()):
+    config = load(config_path)
+    data = repo_path(config["data"])
+    if not os.path.isdir(data):
+        raise ExperimentError(f"{config_path}: data directory {config['data']} does not exist; prepare it first "
+                              f"(scripts/prepare-*.sh)")
+    save_dir = _save_dir(extra) or checkpoint_dir(config_path)
+    os.makedirs(save_dir, exist_ok=True)
+    flags = train_args(config)
+    resume = os.path.exists(os.path.join(save_dir, "checkpoint_last.pt"))
+    warm = config.get("warm_start")
+    if warm and not resume:
+        flags = warm_start_flags(config_path, config, save_dir, flags, extra)
+    with open(os.path.join(save_dir, "config.yaml"), "w") as f, open(config_path) as source:
+        f.write(source.read())  # evaluate reads the run's own copy
+    start = time.time()
+    run([os.path.join(BIN, "fairseq-train"), data, "--user-dir", USER_DIR, *flags, "--save-dir", save_dir, *extra],
+        log_path=os.path.join(save_dir, "train.log"))
+    timing = os.path.join(save_dir, "train_time.json")
+    seconds = time.time() - start + (json.load(open(timing))["seconds"] if os.path.exists(timing) else 0.0)
+    with open(timing, "w") as f:
+        json.dump({"seconds": seconds}, f)
+    return save_dir
+
+
+def warm_start_flags(config_path, config, save_dir, flags, extra):
+    source_config = os.path.join(os.path.dirname(os.path.abspath(config_path)), config["warm_start"]["from"] + ".yaml")
+    source_extra = [x for i, x in enumerate(extra) if x != "--save-dir" and (i == 0 or extra[i - 1] != "--save-dir")]
+    source_dir = checkpoint_dir(source_config)
+    if not os.path.exists(os.path.join(source_dir, "checkpoint_last.pt")):
+        print(f"warm start: training {source_config} first", flush=True)
+        train(source_config, source_extra)
+    initial = os.path.join(save_dir, "warm_start.pt")
+    if not os.path.exists(initial):
+        run([sys.executable, "-m", "floater_fairseq.migrate", os.path.join(source_dir, "checkpoint_last.pt"), initial])
+    lr = float(config["train"]["lr"]) * float(config["warm_start"].get("lr_scale", 0.5))
+    flags = flags + ["--restore-file", initial, "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader",
+                     "--reset-meters", "--lr", str(lr)]
+    if config["warm_start"].get("max_epoch"):
+        flags += ["--max-epoch", str(config["warm_start"]["max_epoch"])]
+    return flags
+
+
+def average(save_dir: str, last: int) -> str:
+    epochs = sorted(glob.glob(os.path.join(save_dir, "checkpoint[0-9]*.pt")),
+                    key=lambda p: int(re.search(r"checkpoint(\d+)\.pt$", p).group(1)))
+    if last <= 1 or len(epochs) < 2:
+        path = os.path.join(save_dir, "checkpoint_last.pt")
+        if not os.path.exists(path):
+            raise ExperimentError(f"{save_dir} has no checkpoint_last.pt: train first")
+        return path
+    last = min(last, len(epochs))
+    output = os.path.join(save_dir, f"averaged_last{last}.pt")
+    run([sys.executable, "-m", "floater_fairseq.average_checkpoints", "--inputs", save_dir,
+         "--num-epoch-checkpoints", str(last), "--output", output])
+    return output
+
+
+def compound_split(lines):
+    """Split hyphenated compounds (Vaswani et al.'s En-De convention: a-b -> a ##AT##-##AT## b)."""
+    return [re.sub(r"(\S)-(\S)", r"\1 ##AT##-##AT## \2", line) for line in lines]
+
+
+def decode(data, checkpoint, config, subset="test"):
+    train_flags, evaluation = config["train"], config["evaluate"]
+    cmd = [os.path.join(BIN, "fairseq-generate"), data, "--user-dir", USER_DIR, "--path", checkpoint,
+           "--gen-subset", subset, "--source-lang", str(train_flags["source-lang"]), "--target-lang",
+           str(train_flags["target-lang"]), "--beam", str(evaluation.get("beam", 5)), "--lenpen",
+           str(evaluation.get("lenpen", 1.0)), "--batch-size", str(evaluation.get("batch_size", 64)),
+           "--required-batch-size-multiple", "1", "--remove-bpe", "sentencepiece", "--no-progress-bar"]
+    import torch
+    if not torch.cuda.is_available():
+        cmd.append("--cpu")
+    print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+        raise ExperimentError(f"fairseq-generate failed:\n{result.stderr[-3000:]}")
+    hypotheses = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("D-"):
+            tag, _, text = line.split("\t", 2)
+            hypotheses[int(tag[2:])] = text
+    return hypotheses
+
+
+def evaluate(save_dir: str, config_path: str = None, average_last: int = None, output: str = None):
+    config_path = config_path or os.path.join(save_dir, "config.yaml")
+    config = load(config_path)
+    evaluation = config["evaluate"]
+    data = repo_path(config["data"])
+    start = time.time()
+    checkpoint = average(save_dir, average_last or evaluation.get("average_last", 1))
+    subset = evaluation.get("subset", "test")
+    hypotheses = decode(data, checkpoint, config, subset)
+    target = str(config["train"]["target-lang"])
+    references_path = os.path.join(data, f"{subset}.raw.{target}")
+    with open(references_path, encoding="utf-8") as f:
+        references = [line.rstrip("\n") for line in f]
+    if len(hypotheses) != len(references):
+        raise ExperimentError(f"{len(hypotheses)} hypotheses for {len(references)} references in {references_path}")
+    hyps = [hypotheses[i] for i in range(len(references))]
+    with open(os.path.join(save_dir, f"{subset}.hyp.{target}"), "w", encoding="utf-8") as f:
+        f.writelines(h + "\n" for h in hyps)
+    bleu = sacrebleu.metrics.BLEU()
+    score = bleu.corpus_score(hyps, [references])
+    result = {"dataset": config["dataset"], "config": os.path.relpath(os.path.abspath(config_path), REPO),
+              "row": row_of(config_path)[1] if config_path != os.path.join(save_dir, "config.yaml") else os.path.basename(save_dir),
+              "bleu": round(score.score, 2), "signature": str(bleu.get_signature()), "checkpoint": checkpoint,
+              "subset": subset, "sentences": len(hyps), "evaluate_seconds": round(time.time() - start, 1)}
+    timing = os.path.join(save_dir, "train_time.json")
+    if os.path.exists(timing):
+        result["train_seconds"] = round(json.load(open(timing))["seconds"], 1)
+    print(f"sacreBLEU {score.score:.2f}  ({result['signature']})")
+    if evaluation.get("compound_split"):
+        split = sacrebleu.metrics.BLEU()
+        result["compound_split_bleu"] = round(split.corpus_score(compound_split(hyps), [compound_split(references)]).score, 2)
+        print(f"compound-split sacreBLEU {result['compound_split_bleu']:.2f}  (hyphens split as ##AT##-##AT##)")
+    output = output or os.path.join(RESULTS_ROOT, config["dataset"], f"{result['row']}.json")
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    tmp = output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, output)
+    print(f"wrote {output}")
+    return result
+
+
+def table(dataset: str, rows=None, extra=()):
+    rows = rows or TABLE2_ROWS
+    config_dir = os.path.join(CONFIG_ROOT, dataset)
+    if not os.path.isdir(config_dir):
+        raise ExperimentError(f"no {config_dir}; datasets: {sorted(os.listdir(CONFIG_ROOT))}")
+    results = {}
+    for row in rows:
+        result_path = os.path.join(RESULTS_ROOT, dataset, f"{row}.json")
+        if not os.path.exists(result_path):
+            config_path = os.path.join(config_dir, f"{row}.yaml")
+            save_dir = train(config_path, list(extra))
+            evaluate(save_dir, config_path, output=result_path)
+        with open(result_path) as f:
+            results[row] = json.load(f)
+    path = os.path.join(RESULTS_ROOT, f"{dataset}.md")
+    text = render_table(dataset, results)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    print(text)
+    return path
+
+
+def render_table(dataset, results):
+    paper = PAPER.get(dataset, {})
+    lines = [f"# {dataset}: BLEU by position encoder (paper's Table 2 layout)", "",
+             "| position encoder | at all blocks | at the input block only |", "|---|---|---|"]
+    for encoder in ("floater", "sinusoidal", "learned"):
+        cells = []
+        for blocks in ("all", "input"):
+            row = f"{encoder}-{blocks}"
+            ours = f"{results[row]['bleu']:.2f}" if row in results else "not run"
+            if row in results and "compound_split_bleu" in results[row]:
+                ours += f" (compound-split {results[row]['compound_split_bleu']:.2f})"
+            cells.append(ours + (f" (paper {paper[row]})" if row in paper else ""))
+        lines.append(f"| {encoder} | {cells[0]} | {cells[1]} |")
+    others = [r for r in results if r not in TABLE2_ROWS]
+    for row in others:
+        lines.append(f"| {row} | {results[row]['bleu']:.2f} | |")
+    lines += ["", "Each row: " + "; ".join(
+        f"{row}: {r['sentences']} sentences, train {r.get('train_seconds', float('nan')) / 60:.0f} min, {r['checkpoint'].rsplit('/', 1)[-1]}"
+        for row, r in results.items()), ""]
+    signatures = sorted({r["signature"] for r in results.values()})
+    lines += [f"sacreBLEU signature: {', '.join(signatures)}", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train")
+    p.add_argument("config")
+    p = commands.add_parser("evaluate")
+    p.add_argument("checkpoint_dir")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--average-last", type=int)
+    p.add_argument("--output")
+    p = commands.add_parser("table")
+    p.add_argument("dataset")
+    p.add_argument("--rows", help="comma-separated rows (default: the six Table-2 rows)")
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "evaluate":
+        parser.error(f"unknown arguments: {extra}")
+    try:
+        if args.command == "train":
+            train(args.config, extra)
+        elif args.command == "evaluate":
+            evaluate(args.checkpoint_dir, args.config, args.average_last, args.output)
+        else:
+            table(args.dataset, args.rows.split(",") if args.rows else None, extra)
+    except (ExperimentError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

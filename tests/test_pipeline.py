@@ -1,0 +1,174 @@
+"""The experiment pipeline on tiny data: prepare (and its refusals), train (with warm start and
+resume), evaluate, the table, and the length-bucket script, through the shell scripts."""
+import gzip
+import json
+import os
+import subprocess
+
+import pytest
+
+from floater_fairseq.synthetic import make_pairs
+
+from conftest import REPO, TINY
+
+SCRIPTS = os.path.join(REPO, "scripts")
+
+
+def script(name, *args, env=None, check=True):
+    result = subprocess.run(["bash", os.path.join(SCRIPTS, name), *map(str, args)], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode:
+        raise AssertionError(f"{name} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def write_multi30k(raw, sizes=(("train", 300), ("val", 30), ("test_2016_flickr", 24)), seed=0):
+    """A fake corpus in the layout of Multi30k's official repository (gzipped, one pair per line)."""
+    os.makedirs(raw, exist_ok=True)
+    for k, (split, n) in enumerate(sizes):
+        pairs = make_pairs(n, 2, 9, 12, seed=seed + k)
+        for lang, side in (("de", 0), ("en", 1)):
+            with gzip.open(os.path.join(raw, f"{split}.{lang}.gz"), "wt", encoding="utf-8") as f:
+                f.writelines(pair[side] + "\n" for pair in pairs)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    write_multi30k(root / "raw")
+    result = script("prepare-multi30k.sh", "--raw-dir", root / "raw", "--dest", root / "data", "--vocab-size", "20")
+    assert "wrote" in result.stdout
+    return root
+
+
+def test_prepare_writes_binarized_data_and_skips_when_done(prepared):
+    data = prepared / "data"
+    assert {"dict.de.txt", "spm.model", "test.raw.en", "train.de-en.de.bin", "valid.de-en.en.idx"} <= set(os.listdir(data))
+    assert len((data / "test.raw.en").read_text().splitlines()) == 24
+    again = script("prepare-multi30k.sh", "--raw-dir", prepared / "raw", "--dest", data, "--vocab-size", "20")
+    assert "nothing to do" in again.stdout
+
+
+def test_max_train_len_keeps_only_short_pairs(prepared, tmp_path):
+    script("prepare-multi30k.sh", "--raw-dir", prepared / "raw", "--dest", tmp_path / "short", "--vocab-size", "20",
+           "--max-train-len", "6")
+    train = (tmp_path / "short.work" / "bpe" / "train.de").read_text().splitlines()
+    assert train and all(len(line.split()) <= 6 for line in train)
+    assert len(train) < 300
+
+
+def corrupt(raw, kind):
+    if kind == "missing":
+        os.remove(raw / "val.en.gz")
+    elif kind == "unequal":
+        with gzip.open(raw / "train.en.gz", "at", encoding="utf-8") as f:
+            f.write("t1 t2\n")
+    elif kind == "empty":
+        with gzip.open(raw / "val.de.gz", "wt") as f:
+            f.write("")
+    elif kind == "undecodable":
+        lines = gzip.open(raw / "test_2016_flickr.de.gz", "rb").read().split(b"\n")
+        lines[4] = b"s1 \xff\xfe s2"
+        with gzip.open(raw / "test_2016_flickr.de.gz", "wb") as f:
+            f.write(b"\n".join(lines))
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("missing", "missing file: val.en.gz"),
+    ("unequal", "unequal line counts: .*train.de.gz has 300 lines, .*train.en.gz has 301"),
+    ("empty", "empty file: .*val.de.gz"),
+    ("undecodable", "test_2016_flickr.de.gz, line 5: not valid UTF-8"),
+])
+def test_prepare_refuses_bad_input_and_leaves_nothing_behind(tmp_path, kind, message):
+    import re
+    write_multi30k(tmp_path / "raw")
+    corrupt(tmp_path / "raw", kind)
+    result = script("prepare-multi30k.sh", "--raw-dir", tmp_path / "raw", "--dest", tmp_path / "data", check=False)
+    assert result.returncode == 2
+    assert re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "data").exists()
+    leftovers = [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    assert not leftovers and not (tmp_path / "data.work" / "text").exists()
+
+
+TINY_TRAIN = {**{k.lstrip("-"): v for k, v in zip(TINY[::2], TINY[1::2])}, "max-update": 8, "max-tokens": 1000,
+              "warmup-updates": 4, "lr": 0.003, "cpu": True, "no-progress-bar": True, "seed": 1,
+              "optimizer": "adam", "lr-scheduler": "inverse_sqrt", "criterion": "label_smoothed_cross_entropy",
+              "label-smoothing": 0.1, "share-all-embeddings": True, "source-lang": "de", "target-lang": "en",
+              "arch": "floater_transformer_tiny", "task": "translation"}
+
+
+@pytest.fixture(scope="module")
+def table_run(prepared):
+    import yaml
+    configs = prepared / "configs" / "tiny-de-en"
+    configs.mkdir(parents=True)
+    for row, flags, warm in (("sinusoidal-input", {"pos-encoder": "sinusoidal", "pos-blocks": "input"}, None),
+                             ("floater-all", {"pos-encoder": "floater", "pos-blocks": "all"},
+                              {"from": "sinusoidal-input", "lr_scale": 0.5, "max_epoch": 2})):
+        config = {"dataset": "tiny-de-en", "data": str(prepared / "data"), "train": {**TINY_TRAIN, **flags},
+                  "evaluate": {"average_last": 1, "beam": 2, "lenpen": 1.0}}
+        if warm:
+            config["warm_start"] = warm
+        (configs / f"{row}.yaml").write_text(yaml.safe_dump(config))
+    env = {"FLOATER_CONFIGS": str(prepared / "configs"), "FLOATER_RESULTS": str(prepared / "results"),
+           "CHECKPOINT_ROOT": str(prepared / "checkpoints")}
+    result = script("reproduce-table.sh", "tiny-de-en", "--rows", "floater-all,sinusoidal-input", env=env)
+    return prepared, env, result
+
+
+def test_table_trains_warm_starts_evaluates_and_writes_the_table(table_run):
+    root, env, result = table_run
+    assert "warm start: training" in result.stdout and "floater_fairseq.migrate" in result.stdout
+    assert "--reset-optimizer" in result.stdout and "--lr 0.0015" in result.stdout
+    for row in ("floater-all", "sinusoidal-input"):
+        record = json.loads((root / "results" / "tiny-de-en" / f"{row}.json").read_text())
+        assert record["sentences"] == 24 and 0 <= record["bleu"] <= 100
+        assert record["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+        assert record["train_seconds"] > 0
+    table = (root / "results" / "tiny-de-en.md").read_text()
+    assert "| floater |" in table and "sacreBLEU signature" in table
+    again = script("reproduce-table.sh", "tiny-de-en", "--rows", "floater-all,sinusoidal-input", env=env)
+    assert "fairseq-train" not in again.stdout  # rows already done are skipped
+
+
+def test_train_resumes_from_checkpoint_last(table_run):
+    root, env, _ = table_run
+    config = root / "configs" / "tiny-de-en" / "sinusoidal-input.yaml"
+    result = script("train.sh", config, "--max-update", "10", env=env)
+    import re
+    loaded = re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch \d+ @ (\d+) updates\)", result.stdout)
+    assert loaded and int(loaded.group(1)) >= 8
+    assert re.search(r"Saved checkpoint \S+ \(epoch \d+ @ 10 updates", result.stdout)
+
+
+def test_evaluate_writes_one_json_result(table_run, tmp_path):
+    root, env, _ = table_run
+    out = tmp_path / "result.json"
+    result = script("evaluate.sh", root / "checkpoints" / "tiny-de-en" / "floater-all", "--output", out, env=env)
+    assert "sacreBLEU" in result.stdout and "nrefs:1" in result.stdout
+    record = json.loads(out.read_text())
+    assert record["dataset"] == "tiny-de-en" and record["checkpoint"].endswith("checkpoint_last.pt")
+
+
+def test_length_buckets_on_a_checkpoint(table_run, tmp_path):
+    root, _, _ = table_run
+    checkpoint = root / "checkpoints" / "tiny-de-en" / "floater-all" / "checkpoint_last.pt"
+    result = subprocess.run([os.path.join(os.path.dirname(__import__("sys").executable), "python"), "-m",
+                             "floater_fairseq.length_buckets", str(root / "data"), f"floater={checkpoint}",
+                             "--buckets", "1-4,5-9", "--beam", "2", "--out-dir", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| floater |" in result.stdout and "| (sentences) |" in result.stdout
+    counts = json.loads((tmp_path / "bleu_by_length.json").read_text())["sentences"]
+    assert sum(counts) == 24
+    assert (tmp_path / "bleu_by_length.png").stat().st_size > 1000
+
+
+def test_usage_errors_name_the_fix(tmp_path):
+    assert script("train.sh", check=False).returncode == 2
+    result = script("train.sh", tmp_path / "missing.yaml", check=False)
+    assert result.returncode == 2 and "no such config file" in result.stderr
+    (tmp_path / "c.yaml").write_text(f"dataset: x\ndata: {tmp_path}/nothing\ntrain: {{arch: a}}\nevaluate: {{}}\n")
+    result = script("train.sh", tmp_path / "c.yaml", check=False)
+    assert result.returncode == 2 and "prepare it first" in result.stderr
