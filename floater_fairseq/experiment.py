@@ -71,15 +71,14 @@ def checkpoint_dir(config_path: str) -> str:
     return os.path.join(os.environ.get("CHECKPOINT_ROOT", os.path.join(REPO, "checkpoints")), dataset, row)
 
 
-def run(cmd, log_path=None):
+def run(cmd, capture=True):
     print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc, \
-            open(log_path or os.devnull, "a") as log:
-        for line in proc.stdout:
-            sys.stdout.write(line)  # fairseq's progress stays visible
-            log.write(line)
-    if proc.returncode:
-        raise ExperimentError(f"{os.path.basename(cmd[0])} failed with exit code {proc.returncode}")
+    result = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, stderr=subprocess.STDOUT if capture else None,
+                            text=True)
+    if capture:
+        sys.stdout.write(result.stdout)
+    if result.returncode:
+        raise ExperimentError(f"{os.path.basename(cmd[0])} failed with exit code {result.returncode}")
 
 
 def _save_dir(extra):
@@ -101,21 +100,33 @@ def train(config_path: str, extra=()):
         flags = warm_start_flags(config_path, config, save_dir, flags, extra)
     with open(os.path.join(save_dir, "config.yaml"), "w") as f, open(config_path) as source:
         f.write(source.read())  # evaluate reads the run's own copy
-    start = time.time()
-    run([os.path.join(BIN, "fairseq-train"), data, "--user-dir", USER_DIR, *flags, "--save-dir", save_dir, *extra],
-        log_path=os.path.join(save_dir, "train.log"))
-    timing = os.path.join(save_dir, "train_time.json")
-    seconds = time.time() - start + (json.load(open(timing))["seconds"] if os.path.exists(timing) else 0.0)
-    with open(timing, "w") as f:
-        json.dump({"seconds": seconds}, f)
+    start, done = time.time(), False
+    try:
+        # fairseq's own output (its progress bar on a terminal) goes straight through; --log-file
+        # keeps a copy of the log next to the checkpoints
+        run([os.path.join(BIN, "fairseq-train"), data, "--user-dir", USER_DIR, *flags, "--save-dir", save_dir,
+             "--log-file", os.path.join(save_dir, "train.log"), *extra], capture=False)
+        done = True
+    finally:  # training time accumulates over resumed runs, interrupted ones included
+        timing = os.path.join(save_dir, "train_time.json")
+        previous = json.load(open(timing))["seconds"] if os.path.exists(timing) else 0.0
+        with open(timing + ".tmp", "w") as f:
+            json.dump({"seconds": previous + time.time() - start, "finished": done}, f)
+        os.replace(timing + ".tmp", timing)
     return save_dir
+
+
+def finished(save_dir: str) -> bool:
+    """fairseq-train exited cleanly for this run (a re-run would resume and take one more update)."""
+    timing = os.path.join(save_dir, "train_time.json")
+    return os.path.exists(timing) and json.load(open(timing)).get("finished", False)
 
 
 def warm_start_flags(config_path, config, save_dir, flags, extra):
     source_config = os.path.join(os.path.dirname(os.path.abspath(config_path)), config["warm_start"]["from"] + ".yaml")
     source_extra = [x for i, x in enumerate(extra) if x != "--save-dir" and (i == 0 or extra[i - 1] != "--save-dir")]
     source_dir = checkpoint_dir(source_config)
-    if not os.path.exists(os.path.join(source_dir, "checkpoint_last.pt")):
+    if not finished(source_dir):
         print(f"warm start: training {source_config} first", flush=True)
         train(source_config, source_extra)
     initial = os.path.join(save_dir, "warm_start.pt")
@@ -223,7 +234,9 @@ def table(dataset: str, rows=None, extra=()):
         result_path = os.path.join(RESULTS_ROOT, dataset, f"{row}.json")
         if not os.path.exists(result_path):
             config_path = os.path.join(config_dir, f"{row}.yaml")
-            save_dir = train(config_path, list(extra))
+            save_dir = checkpoint_dir(config_path)
+            if not finished(save_dir):
+                train(config_path, list(extra))
             evaluate(save_dir, config_path, output=result_path)
         with open(result_path) as f:
             results[row] = json.load(f)

@@ -104,7 +104,7 @@ def table_run(prepared):
     configs = prepared / "configs" / "tiny-de-en"
     configs.mkdir(parents=True)
     for row, flags, warm in (("sinusoidal-input", {"pos-encoder": "sinusoidal", "pos-blocks": "input"}, None),
-                             ("floater-all", {"pos-encoder": "floater", "pos-blocks": "all"},
+                             ("floater-all", {"pos-encoder": "floater", "pos-blocks": "all", "max-update": 30},
                               {"from": "sinusoidal-input", "lr_scale": 0.5, "max_epoch": 2})):
         config = {"dataset": "tiny-de-en", "data": str(prepared / "data"), "train": {**TINY_TRAIN, **flags},
                   "evaluate": {"average_last": 1, "beam": 2, "lenpen": 1.0}}
@@ -172,3 +172,74 @@ def test_usage_errors_name_the_fix(tmp_path):
     (tmp_path / "c.yaml").write_text(f"dataset: x\ndata: {tmp_path}/nothing\ntrain: {{arch: a}}\nevaluate: {{}}\n")
     result = script("train.sh", tmp_path / "c.yaml", check=False)
     assert result.returncode == 2 and "prepare it first" in result.stderr
+
+
+def test_iwslt14_layout_is_read_like_fairseqs_recipe(tmp_path):
+    """train.tags (XML meta lines dropped), every 23rd pair to validation, test = dev2010 + tst2010-2012."""
+    from floater_fairseq.prepare import extract_text
+    raw = tmp_path / "de-en"
+    raw.mkdir()
+    for lang in ("de", "en"):
+        lines = ["<url>http://x</url>", "<talkid>1</talkid>"] + [f"{lang} sentence {i}" for i in range(46)]
+        (raw / f"train.tags.de-en.{lang}").write_text("\n".join(lines) + "\n")
+        for name in ("TED.dev2010", "TED.tst2010", "TED.tst2011", "TED.tst2012"):
+            segs = "\n".join(f'<seg id="{i}"> {lang} {name} &amp; {i} </seg>' for i in range(2))
+            (raw / f"IWSLT14.{name}.de-en.{lang}.xml").write_text(f"<mteval>\n<doc>\n{segs}\n</doc>\n</mteval>\n")
+    splits = extract_text("iwslt14", str(tmp_path), "de", "en")
+    assert len(splits["train"][0]) == 44 and splits["valid"][0] == ["de sentence 0", "de sentence 23"]
+    assert splits["test"][1][:2] == ["en TED.dev2010 & 0", "en TED.dev2010 & 1"] and len(splits["test"][0]) == 8
+
+
+def test_wmt14_layout_reads_training_corpora_and_sgm_test(tmp_path):
+    from floater_fairseq.prepare import extract_text
+    for name in ("europarl-v7.de-en", "commoncrawl.de-en", "news-commentary-v12.de-en"):
+        for lang in ("de", "en"):
+            (tmp_path / f"{name}.{lang}").write_text(f"{name} {lang} a\n\n{name} {lang} b\n")
+    for lang in ("de", "en"):
+        (tmp_path / f"newstest2013.{lang}").write_text(f"dev {lang}\n")
+    (tmp_path / "test-full").mkdir()
+    (tmp_path / "test-full" / "newstest2014-deen-src.en.sgm").write_text('<srcset>\n<seg id="1">Hello &quot;world&quot;</seg>\n</srcset>\n')
+    (tmp_path / "test-full" / "newstest2014-deen-ref.de.sgm").write_text('<refset>\n<seg id="1">Hallo Welt</seg>\n</refset>\n')
+    splits = extract_text("wmt14-en-de", str(tmp_path), "en", "de")
+    assert len(splits["train"][0]) == 6  # the empty pair of each corpus is dropped from training only
+    assert splits["test"] == (['Hello "world"'], ["Hallo Welt"]) and splits["valid"] == (["dev en"], ["dev de"])
+
+
+def test_offline_download_failure_names_the_fix(tmp_path, monkeypatch):
+    import urllib.request
+    from floater_fairseq import prepare
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(prepare.PrepareError, match="without a network, download the files elsewhere and pass --raw-dir"):
+        prepare.prepare("multi30k", str(tmp_path / "data"))
+    assert not (tmp_path / "data").exists()
+
+
+def test_averaging_without_fairseqs_script_explains_the_fix(tmp_path, monkeypatch, capsys):
+    from floater_fairseq import average_checkpoints
+    monkeypatch.setenv("FAIRSEQ_SCRIPTS", str(tmp_path))
+    assert average_checkpoints.main(["--inputs", "a.pt", "b.pt", "--output", str(tmp_path / "avg.pt")]) == 2
+    assert "has no average_checkpoints.py" in capsys.readouterr().err
+    assert not (tmp_path / "avg.pt").exists()
+
+
+def test_averaging_two_checkpoints_gives_the_mean(table_run, tmp_path):
+    """Runs fairseq's own script when it is available here (FAIRSEQ_SCRIPTS, .cache, or online)."""
+    import torch
+    from floater_fairseq import average_checkpoints
+    try:
+        average_checkpoints.find_script()
+    except average_checkpoints.AveragingUnavailable as e:
+        pytest.skip(str(e))
+    root, _, _ = table_run
+    run_dir = root / "checkpoints" / "tiny-de-en" / "floater-all"
+    inputs = [str(run_dir / "checkpoint1.pt"), str(run_dir / "checkpoint2.pt")]
+    out = tmp_path / "avg.pt"
+    assert average_checkpoints.main(["--inputs", *inputs, "--output", str(out)]) == 0
+    states = [torch.load(p, map_location="cpu")["model"] for p in inputs]
+    averaged = torch.load(out, map_location="cpu")["model"]
+    for key in ("position_encoder.signal.initial_values", "encoder.layers.0.self_attn.q_proj.weight"):
+        torch.testing.assert_close(averaged[key], (states[0][key] + states[1][key]) / 2)
