@@ -19,12 +19,12 @@ $(STAMP): setup.py
 	$(PIP) install numpy cython setuptools wheel
 	# Without --no-build-isolation pip pulls a multi-GB CUDA torch into the build env.
 	$(PIP) install --no-build-isolation fairseq-fixed==0.12.3.1
-	$(PIP) install torchdiffeq sacrebleu sentencepiece matplotlib pytest hypothesis
+	$(PIP) install torchdiffeq sacrebleu sentencepiece matplotlib pytest pytest-xdist hypothesis
 	$(PIP) install --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: venv
 	$(PY) -m floater_fairseq.demo

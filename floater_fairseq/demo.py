@@ -21,18 +21,21 @@ from .synthetic import make_pairs, write_split
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
 
-SYSTEMS = [  # (label, arch, extra flags)
-    ("sinusoidal (input)", "transformer", []),
+SINUSOIDAL = "sinusoidal (input)"
+WARM_START = "FLOATER (all blocks), warm start"
+SYSTEMS = [  # (label, arch, extra flags); the warm start fine-tunes the sinusoidal model (App. B.2)
+    (SINUSOIDAL, "transformer", []),
     ("learned (input)", "floater_transformer", ["--pos-encoder", "learned", "--pos-blocks", "input"]),
     ("FLOATER (all blocks)", "floater_transformer", ["--pos-blocks", "all"]),
-    ("FLOATER (input)", "floater_transformer", ["--pos-blocks", "input"]),
+    (WARM_START, "floater_transformer", ["--pos-blocks", "all"]),
 ]
+LR = 2e-3
 
 
 def settings(quick: bool) -> dict:
     if quick:
-        return dict(train=300, max_len=6, dim=16, layers=1, epochs=1, test_per_bucket=5, vocab=10)
-    return dict(train=8000, max_len=12, dim=64, layers=2, epochs=25, test_per_bucket=100, vocab=20)
+        return dict(train=300, max_len=6, dim=16, layers=1, epochs=1, warm_epochs=1, test_per_bucket=5, vocab=10)
+    return dict(train=8000, max_len=12, dim=64, layers=2, epochs=25, warm_epochs=8, test_per_bucket=100, vocab=20)
 
 
 def run(tool, *args, log=None):
@@ -65,19 +68,31 @@ def make_data(out: str, cfg: dict) -> list:
     return buckets
 
 
+def save_dir_of(out, label):
+    return os.path.join(out, "checkpoints", re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-"))
+
+
 def train_and_decode(out, label, arch, extra, cfg):
-    name = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-    save_dir = os.path.join(out, "checkpoints", name)
+    save_dir = save_dir_of(out, label)
     dim, layers = str(cfg["dim"]), str(cfg["layers"])
     start = time.time()
+    epochs, lr = cfg["epochs"], LR
+    if label == WARM_START:  # migrate the trained vanilla model exactly, fine-tune at half the LR
+        os.makedirs(save_dir, exist_ok=True)
+        initial = os.path.join(save_dir, "warm_start.pt")
+        run("python", "-m", "floater_fairseq.migrate", os.path.join(save_dir_of(out, SINUSOIDAL), "checkpoint_last.pt"),
+            initial)
+        extra = [*extra, "--restore-file", initial, "--reset-optimizer", "--reset-lr-scheduler",
+                 "--reset-dataloader", "--reset-meters"]
+        epochs, lr = cfg["warm_epochs"], LR / 2
     run("fairseq-train", os.path.join(out, "bin"), "--user-dir", USER_DIR, "--arch", arch, *extra,
         "--encoder-embed-dim", dim, "--decoder-embed-dim", dim, "--encoder-ffn-embed-dim", str(2 * cfg["dim"]),
         "--decoder-ffn-embed-dim", str(2 * cfg["dim"]), "--encoder-layers", layers, "--decoder-layers", layers,
         "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--share-all-embeddings",
-        "--dropout", "0.1", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "2e-3",
+        "--dropout", "0.1", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", str(lr),
         "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "200", "--clip-norm", "1.0",
         "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "4000",
-        "--max-epoch", str(cfg["epochs"]), "--save-dir", save_dir, "--no-epoch-checkpoints", "--seed", "1",
+        "--max-epoch", str(epochs), "--save-dir", save_dir, "--no-epoch-checkpoints", "--seed", "1",
         "--no-progress-bar", "--log-interval", "1000", "--cpu", log=label)
     train_seconds = time.time() - start
     output = run("fairseq-generate", os.path.join(out, "bin"), "--user-dir", USER_DIR,
@@ -99,7 +114,8 @@ def main(argv=None):
     buckets = make_data(args.out, cfg)
     results = {}
     for i, (label, arch, extra) in enumerate(SYSTEMS):
-        print(f"[2/3] training {label} ({i + 1}/{len(SYSTEMS)}), {cfg['epochs']} epochs", flush=True)
+        epochs = f"{cfg['warm_epochs']} epochs after {SINUSOIDAL}" if label == WARM_START else f"{cfg['epochs']} epochs"
+        print(f"[2/3] training {label} ({i + 1}/{len(SYSTEMS)}), {epochs}", flush=True)
         hyps, srcs, refs, seconds = train_and_decode(args.out, label, arch, extra, cfg)
         lengths = {i: len(src.split()) for i, src in srcs.items()}
         results[label] = ([bleu for bleu, _ in bucket_bleu(hyps, lengths, refs, buckets)], seconds)
