@@ -11,6 +11,7 @@ with the stock fairseq tools, then prints sacreBLEU per length bucket and saves 
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -108,6 +109,8 @@ def main(argv=None):
     parser.add_argument("--out", default="demo-out")
     args = parser.parse_args(argv)
     cfg = settings(args.quick)
+    for derived in ("raw", "bin", "checkpoints"):  # a re-run starts from scratch (fairseq would resume)
+        shutil.rmtree(os.path.join(args.out, derived), ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
     print(f"[1/3] synthetic task: {cfg['train']} training pairs of 1-{cfg['max_len']} words, "
           f"test buckets up to {4 * cfg['max_len']} words", flush=True)
