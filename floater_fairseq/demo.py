@@ -24,11 +24,15 @@ BIN = os.path.dirname(sys.executable)
 
 SINUSOIDAL = "sinusoidal (input)"
 WARM_START = "FLOATER (all blocks), warm start"
-SYSTEMS = [  # (label, arch, extra flags); the warm start fine-tunes the sinusoidal model (App. B.2)
+CONTINUED = "sinusoidal (input), continued"
+SYSTEMS = [  # (label, arch, extra flags)
     (SINUSOIDAL, "transformer", []),
     ("learned (input)", "floater_transformer", ["--pos-encoder", "learned", "--pos-blocks", "input"]),
     ("FLOATER (all blocks)", "floater_transformer", ["--pos-blocks", "all"]),
+    # the paper's protocol (App. B.2): the sinusoidal model migrated exactly, fine-tuned at half LR ...
     (WARM_START, "floater_transformer", ["--pos-blocks", "all"]),
+    # ... and its control: the same extra epochs, LR and resets without FLOATER
+    (CONTINUED, "transformer", []),
 ]
 LR = 2e-3
 
@@ -78,11 +82,13 @@ def train_and_decode(out, label, arch, extra, cfg):
     dim, layers = str(cfg["dim"]), str(cfg["layers"])
     start = time.time()
     epochs, lr = cfg["epochs"], LR
-    if label == WARM_START:  # migrate the trained vanilla model exactly, fine-tune at half the LR
+    if label in (WARM_START, CONTINUED):  # start from the trained vanilla model, fine-tune at half the LR
         os.makedirs(save_dir, exist_ok=True)
-        initial = os.path.join(save_dir, "warm_start.pt")
-        run("python", "-m", "floater_fairseq.migrate", os.path.join(save_dir_of(out, SINUSOIDAL), "checkpoint_last.pt"),
-            initial)
+        initial = os.path.join(save_dir_of(out, SINUSOIDAL), "checkpoint_last.pt")
+        if label == WARM_START:
+            initial = os.path.join(save_dir, "warm_start.pt")
+            run("python", "-m", "floater_fairseq.migrate", os.path.join(save_dir_of(out, SINUSOIDAL), "checkpoint_last.pt"),
+                initial)
         extra = [*extra, "--restore-file", initial, "--reset-optimizer", "--reset-lr-scheduler",
                  "--reset-dataloader", "--reset-meters"]
         epochs, lr = cfg["warm_epochs"], LR / 2
@@ -117,7 +123,8 @@ def main(argv=None):
     buckets = make_data(args.out, cfg)
     results = {}
     for i, (label, arch, extra) in enumerate(SYSTEMS):
-        epochs = f"{cfg['warm_epochs']} epochs after {SINUSOIDAL}" if label == WARM_START else f"{cfg['epochs']} epochs"
+        epochs = (f"{cfg['warm_epochs']} epochs after {SINUSOIDAL}" if label in (WARM_START, CONTINUED)
+                  else f"{cfg['epochs']} epochs")
         print(f"[2/3] training {label} ({i + 1}/{len(SYSTEMS)}), {epochs}", flush=True)
         hyps, srcs, refs, seconds = train_and_decode(args.out, label, arch, extra, cfg)
         lengths = {i: len(src.split()) for i, src in srcs.items()}

@@ -11,8 +11,9 @@ def test_demo_quick_prints_a_bleu_by_length_table(tmp_path):
     table = (out / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "system" not in line]
     assert [row.split(" | ")[0] for row in rows] == [
-        "| sinusoidal (input)", "| learned (input)", "| FLOATER (all blocks)", "| FLOATER (all blocks), warm start"]
-    assert "[2/3] training FLOATER (all blocks), warm start (4/4), 1 epochs after sinusoidal (input)" in result.stdout
+        "| sinusoidal (input)", "| learned (input)", "| FLOATER (all blocks)", "| FLOATER (all blocks), warm start",
+        "| sinusoidal (input), continued"]
+    assert "[2/3] training FLOATER (all blocks), warm start (4/5), 1 epochs after sinusoidal (input)" in result.stdout
     assert "floater_fairseq.migrate" not in result.stderr  # the exact warm start ran without complaint
     for row in rows:
         scores = row.split(" | ")[1:5]
