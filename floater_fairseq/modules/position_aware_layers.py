@@ -115,9 +115,25 @@ class PositionAwareAttention(MultiheadAttention):
         return (attn_weights.view(bsz, self.num_heads, tgt_len, src_len) + bias).view_as(attn_weights)
 
 
-class PositionAwareEncoderLayer(TransformerEncoderLayerBase):
+class _LayerPositionHooks:
+    """What both layer kinds do with their LayerPositions (set per call, cleared after)."""
+
     input_signal: Optional[Tensor] = None
 
+    def set_positions(self, positions: Optional[LayerPositions]):
+        positions = positions or LayerPositions()
+        self.input_signal = positions.input
+        self.self_attn.set_positions(positions.self_attention)
+        if getattr(self, "encoder_attn", None) is not None:
+            self.encoder_attn.set_positions(positions.cross_attention)
+
+    def forward(self, x, *args, **kwargs):
+        if self.input_signal is not None:
+            x = x + self.input_signal
+        return super().forward(x, *args, **kwargs)
+
+
+class PositionAwareEncoderLayer(_LayerPositionHooks, TransformerEncoderLayerBase):
     def build_self_attention(self, embed_dim, cfg):
         return PositionAwareAttention(
             embed_dim, cfg.encoder.attention_heads, dropout=cfg.attention_dropout, self_attention=True,
@@ -125,20 +141,8 @@ class PositionAwareEncoderLayer(TransformerEncoderLayerBase):
             xformers_att_config=cfg.encoder.xformers_att_config,
         )
 
-    def set_positions(self, positions: Optional[LayerPositions]):
-        positions = positions or LayerPositions()
-        self.input_signal = positions.input
-        self.self_attn.set_positions(positions.self_attention)
 
-    def forward(self, x, encoder_padding_mask, attn_mask=None):
-        if self.input_signal is not None:
-            x = x + self.input_signal
-        return super().forward(x, encoder_padding_mask, attn_mask)
-
-
-class PositionAwareDecoderLayer(TransformerDecoderLayerBase):
-    input_signal: Optional[Tensor] = None
-
+class PositionAwareDecoderLayer(_LayerPositionHooks, TransformerDecoderLayerBase):
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
         return PositionAwareAttention(
             embed_dim, cfg.decoder.attention_heads, dropout=cfg.attention_dropout,
@@ -154,18 +158,6 @@ class PositionAwareDecoderLayer(TransformerDecoderLayerBase):
             q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size,
             xformers_att_config=cfg.encoder.xformers_att_config,
         )
-
-    def set_positions(self, positions: Optional[LayerPositions]):
-        positions = positions or LayerPositions()
-        self.input_signal = positions.input
-        self.self_attn.set_positions(positions.self_attention)
-        if self.encoder_attn is not None:
-            self.encoder_attn.set_positions(positions.cross_attention)
-
-    def forward(self, x, *args, **kwargs):
-        if self.input_signal is not None:
-            x = x + self.input_signal
-        return super().forward(x, *args, **kwargs)
 
 
 @contextlib.contextmanager
