@@ -64,26 +64,14 @@ def analyse(matrices: Dict[str, torch.Tensor]) -> Dict[str, Dict]:
     return results
 
 
-class _Dictionary:
-    """Stands in for a task dictionary when only the size matters (building a model to load)."""
+def _dictionary(size: int):
+    """A fairseq Dictionary of ``size`` entries: only its size matters when rebuilding a model."""
+    from fairseq.data import Dictionary
 
-    def __init__(self, size, pad=1, eos=2, unk=3, bos=0):
-        self.size, self._pad, self._eos, self._unk, self._bos = size, pad, eos, unk, bos
-
-    def __len__(self):
-        return self.size
-
-    def pad(self):
-        return self._pad
-
-    def eos(self):
-        return self._eos
-
-    def unk(self):
-        return self._unk
-
-    def bos(self):
-        return self._bos
+    dictionary = Dictionary()
+    for i in range(size - len(dictionary)):
+        dictionary.add_symbol(f"<w{i}>")
+    return dictionary
 
 
 def model_from_checkpoint(path: str):
@@ -95,8 +83,8 @@ def model_from_checkpoint(path: str):
     if getattr(args, "_name", getattr(args, "arch", None)) is None or not hasattr(args, "pos_encoder"):
         raise ValueError(f"{path} is not a floater_transformer checkpoint (no --pos-encoder in its config)")
     weights = state["model"]
-    source = _Dictionary(weights["encoder.embed_tokens.weight"].size(0))
-    target = _Dictionary(weights["decoder.embed_tokens.weight"].size(0))
+    source = _dictionary(weights["encoder.embed_tokens.weight"].size(0))
+    target = _dictionary(weights["decoder.embed_tokens.weight"].size(0))
     model = FloaterTransformerModel.build_model(args, types.SimpleNamespace(source_dictionary=source, target_dictionary=target))
     model.load_state_dict(weights, strict=True)
     return model.eval()
@@ -113,7 +101,7 @@ def model_from_flags(encoder: str, flags):
         flags = ["--arch", "floater_transformer", *flags]
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, ["unused-data", "--task", "translation", "--pos-encoder", encoder, *flags])
-    dictionary = _Dictionary(16)
+    dictionary = _dictionary(16)
     model = FloaterTransformerModel.build_model(args, types.SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary))
     return model.eval()
 

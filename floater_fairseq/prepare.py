@@ -19,7 +19,7 @@ Stages, each built in a temporary directory and renamed when complete, skipped w
 import argparse
 import glob
 import gzip
-import io
+import html
 import os
 import re
 import shutil
@@ -107,15 +107,11 @@ def read_lines(path: str) -> List[str]:
             raise PrepareError(f"{path}, line {number}: not valid UTF-8 ({e.reason} at byte {e.start}); "
                                "convert the file to UTF-8 (e.g. iconv) or remove the line") from None
     if re.search(r"\.(xml|sgm)(\.gz)?$", path):
-        return [html_unescape(m.group(1)).strip() for line in text for m in [re.search(r"<seg[^>]*>(.*)</seg>", line)] if m]
+        segments = (re.search(r"<seg[^>]*>(.*)</seg>", line) for line in text)
+        return [html.unescape(m.group(1)).strip() for m in segments if m]
     if os.path.basename(path).startswith("train.tags."):  # IWSLT training text: drop the XML meta lines
         return [line.strip() for line in text if not line.lstrip().startswith("<")]
     return [line.strip() for line in text]
-
-
-def html_unescape(text: str) -> str:
-    import html
-    return html.unescape(text)
 
 
 def find(raw_dir: str, name: str) -> str:
@@ -126,7 +122,7 @@ def find(raw_dir: str, name: str) -> str:
     return matches[0]
 
 
-def read_pairs(raw_dir: str, source: str, target: str, pairs: List[Tuple[str, str]], s: str, t: str):
+def read_pairs(raw_dir: str, pairs: List[Tuple[str, str]], s: str, t: str):
     sources, targets = [], []
     for source_pattern, target_pattern in pairs:
         names = {"s": s, "t": t, "src": "src", "ref": "ref"}
@@ -143,10 +139,9 @@ def read_pairs(raw_dir: str, source: str, target: str, pairs: List[Tuple[str, st
 
 def extract_text(dataset: str, raw_dir: str, s: str, t: str) -> Dict[str, Tuple[List[str], List[str]]]:
     spec = DATASETS[dataset]
-    # files are named by language: find them by the dataset's own language order
     splits = {}
     for split, pairs in spec["splits"].items():
-        splits[split] = read_pairs(raw_dir, s, t, pairs, s, t)
+        splits[split] = read_pairs(raw_dir, pairs, s, t)
     if "valid" not in splits:  # IWSLT: carve validation out of training, as fairseq's recipe does
         src, tgt = splits["train"]
         keep = [i % IWSLT_VALID_EVERY != 0 for i in range(len(src))]
