@@ -13,21 +13,28 @@ from floater_fairseq.modules.shifted_basis import shifted_basis
 
 from conftest import build_model, random_tokens
 
+SOFTMAX, KERNELIZED = "softmax", "kernelized-rpe"
 COMBINATIONS = [
-    ("floater", "all"), ("floater", "input"),
-    ("sinusoidal", "all"), ("sinusoidal", "input"),
-    ("learned", "all"), ("learned", "input"),
-    ("shifted-basis", "all"), ("shifted-basis", "input"),
-    ("none", "all"), ("rope", "all"), ("alibi", "all"),
+    ("floater", "all", SOFTMAX), ("floater", "input", SOFTMAX),
+    ("sinusoidal", "all", SOFTMAX), ("sinusoidal", "input", SOFTMAX),
+    ("learned", "all", SOFTMAX), ("learned", "input", SOFTMAX),
+    ("shifted-basis", "all", SOFTMAX), ("shifted-basis", "input", SOFTMAX),
+    ("none", "all", SOFTMAX), ("rope", "all", SOFTMAX), ("alibi", "all", SOFTMAX),
+    # kernelized attention with relative position (Luo et al. 2021), alone and with absolute/rotary positions
+    ("none", "all", KERNELIZED), ("floater", "all", KERNELIZED), ("rope", "all", KERNELIZED),
 ]
-IDS = [f"{e}-{b}" for e, b in COMBINATIONS]
+IDS = [f"{e}-{b}" + ("" if a == SOFTMAX else f"-{a}") for e, b, a in COMBINATIONS]
+PARAMETERS = "encoder,blocks,attention"
 
 
-def position_model(encoder, blocks, extra=(), seed=0):
-    model, d, args = build_model(extra=["--pos-encoder", encoder, "--pos-blocks", blocks, *extra], seed=seed)
+def position_model(encoder, blocks, attention=SOFTMAX, extra=(), seed=0):
+    model, d, args = build_model(extra=["--pos-encoder", encoder, "--pos-blocks", blocks,
+                                        "--encoder-self-attention", attention, "--decoder-self-attention", attention,
+                                        "--kernelized-features", "32", *extra], seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # a clearly non-trivial position signal (FLOATER starts with h small)
-        for p in model.position_encoder.parameters():
+        position_parameters = [p for n, p in model.named_parameters() if n.endswith("rpe_bias")]
+        for p in [*model.position_encoder.parameters(), *position_parameters]:
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     return model.eval(), d
 
@@ -36,9 +43,9 @@ def encode(model, src):
     return model.encoder(src, src_lengths=src.ne(model.encoder.padding_idx).sum(1))
 
 
-@pytest.mark.parametrize("encoder,blocks", COMBINATIONS, ids=IDS)
-def test_forward_backward_reaches_every_parameter(encoder, blocks):
-    model, d = position_model(encoder, blocks)
+@pytest.mark.parametrize(PARAMETERS, COMBINATIONS, ids=IDS)
+def test_forward_backward_reaches_every_parameter(encoder, blocks, attention):
+    model, d = position_model(encoder, blocks, attention)
     model.train()
     src = random_tokens(d, [6, 3], left_pad=True)
     prev = random_tokens(d, [5, 4], seed=2)
@@ -52,9 +59,9 @@ def test_forward_backward_reaches_every_parameter(encoder, blocks):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in position_parameters)
 
 
-@pytest.mark.parametrize("encoder,blocks", COMBINATIONS, ids=IDS)
-def test_left_and_right_padding_do_not_change_outputs(encoder, blocks):
-    model, d = position_model(encoder, blocks)
+@pytest.mark.parametrize(PARAMETERS, COMBINATIONS, ids=IDS)
+def test_left_and_right_padding_do_not_change_outputs(encoder, blocks, attention):
+    model, d = position_model(encoder, blocks, attention)
     lengths = [7, 4, 2]
     left = random_tokens(d, lengths, left_pad=True)
     right = random_tokens(d, lengths, left_pad=False)
@@ -73,9 +80,9 @@ def test_left_and_right_padding_do_not_change_outputs(encoder, blocks):
             torch.testing.assert_close(out_right[row][real], out_alone[0][real], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("encoder,blocks", COMBINATIONS, ids=IDS)
-def test_incremental_decoding_equals_full_decoding(encoder, blocks):
-    model, d = position_model(encoder, blocks)
+@pytest.mark.parametrize(PARAMETERS, COMBINATIONS, ids=IDS)
+def test_incremental_decoding_equals_full_decoding(encoder, blocks, attention):
+    model, d = position_model(encoder, blocks, attention)
     src = random_tokens(d, [6, 3], left_pad=True)
     prev = random_tokens(d, [7, 7], seed=5)
     with torch.no_grad():
@@ -86,9 +93,9 @@ def test_incremental_decoding_equals_full_decoding(encoder, blocks):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("encoder,blocks", COMBINATIONS, ids=IDS)
-def test_beam_search_scores_equal_scoring_the_full_sequence(encoder, blocks):
-    model, d = position_model(encoder, blocks)
+@pytest.mark.parametrize(PARAMETERS, COMBINATIONS, ids=IDS)
+def test_beam_search_scores_equal_scoring_the_full_sequence(encoder, blocks, attention):
+    model, d = position_model(encoder, blocks, attention)
     src = random_tokens(d, [6, 4, 3], left_pad=True)
     generator = SequenceGenerator([model], d, beam_size=3, max_len_b=10)
     sample = {"net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1)}}
@@ -102,21 +109,21 @@ def test_beam_search_scores_equal_scoring_the_full_sequence(encoder, blocks):
             torch.testing.assert_close(hypos[row][0]["positional_scores"], lprobs, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("encoder,blocks", COMBINATIONS, ids=IDS)
-def test_save_and_load_into_a_fresh_model_gives_the_same_outputs(encoder, blocks, tmp_path):
-    model, d = position_model(encoder, blocks)
+@pytest.mark.parametrize(PARAMETERS, COMBINATIONS, ids=IDS)
+def test_save_and_load_into_a_fresh_model_gives_the_same_outputs(encoder, blocks, attention, tmp_path):
+    model, d = position_model(encoder, blocks, attention)
     src, prev = random_tokens(d, [6, 3], left_pad=True), random_tokens(d, [5, 5], seed=4)
     torch.save(model.state_dict(), tmp_path / "model.pt")
-    fresh, _ = position_model(encoder, blocks, seed=7)
+    fresh, _ = position_model(encoder, blocks, attention, seed=7)
     fresh.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(fresh(src, None, prev)[0], model(src, None, prev)[0])
 
 
-@pytest.mark.parametrize("encoder,blocks", [c for c in COMBINATIONS if c[0] not in ("learned", "shifted-basis")],
+@pytest.mark.parametrize(PARAMETERS, [c for c in COMBINATIONS if c[0] not in ("learned", "shifted-basis")],
                          ids=[i for i in IDS if not i.startswith(("learned", "shifted"))])
-def test_inductive_encoders_decode_inputs_longer_than_any_seen(encoder, blocks):
-    model, d = position_model(encoder, blocks, extra=["--max-source-positions", "4096"])
+def test_inductive_encoders_decode_inputs_longer_than_any_seen(encoder, blocks, attention):
+    model, d = position_model(encoder, blocks, attention, extra=["--max-source-positions", "4096"])
     long = random_tokens(d, [300, 120], left_pad=True, seed=9)
     generator = SequenceGenerator([model], d, beam_size=2, max_len_a=0, max_len_b=4)
     with torch.no_grad():

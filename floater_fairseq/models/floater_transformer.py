@@ -2,7 +2,9 @@
 
 ``--pos-encoder`` picks one module behind one interface (modules/position_encoder.py): floater
 (default), sinusoidal, learned, none, shifted-basis, rope, alibi; ``--pos-blocks all|input``
-says where an absolute encoder injects its signal. Only the hooks change: fairseq builds the
+says where an absolute encoder injects its signal. ``--encoder-self-attention`` /
+``--decoder-self-attention kernelized-rpe`` swap fairseq's softmax self-attention for kernelized
+attention with an FFT relative bias (modules/kernelized_attention.py). Only the hooks change: fairseq builds the
 Transformer, our layers expose per-call position hooks, and the encoder/decoder ask the position
 encoder what to set on each call.
 """
@@ -24,6 +26,11 @@ from fairseq.models.transformer import (
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq.distributed import fsdp_wrap
 
+from ..modules.kernelized_attention import (
+    add_self_attention_args,
+    self_attention_defaults,
+    self_attention_module,
+)
 from ..modules.position_aware_layers import PositionAwareDecoderLayer, PositionAwareEncoderLayer, applying
 from ..modules.position_encoder import POSITION_ENCODER_REGISTRY, PositionCall, PositionEncoder
 
@@ -54,6 +61,7 @@ class FloaterTransformerModel(TransformerModel):
                                 "input: at the input embeddings only")
         for encoder in POSITION_ENCODER_REGISTRY.values():
             encoder.add_args(group)
+        add_self_attention_args(parser.add_argument_group("self-attention (floater_fairseq)"))
 
     @classmethod
     def build_model(cls, args, task):
@@ -72,6 +80,11 @@ class FloaterTransformerModel(TransformerModel):
             )
         if getattr(args, "cross_self_attention", False):
             raise ValueError("floater_transformer does not support --cross-self-attention")
+        if args.pos_encoder == "alibi" and "kernelized-rpe" in (args.encoder_self_attention,
+                                                                 args.decoder_self_attention):
+            raise ValueError("--pos-encoder alibi biases attention logits, which kernelized-rpe "
+                             "attention does not form; it learns its own relative bias: use "
+                             "--pos-encoder none (or rope, floater, ...) with kernelized-rpe")
         model = super().build_model(args, task)
         num_layers = {"encoder": len(model.encoder.layers), "decoder": len(model.decoder.layers)}
         model.position_encoder = POSITION_ENCODER_REGISTRY[args.pos_encoder](args, num_layers)
@@ -81,18 +94,19 @@ class FloaterTransformerModel(TransformerModel):
         return model
 
     @classmethod
-    def _position_config(cls, args):
+    def _layer_config(cls, args, side):
         cfg = TransformerConfig.from_namespace(args)
         POSITION_ENCODER_REGISTRY[args.pos_encoder].configure(args, cfg)
+        cfg.self_attention_module = self_attention_module(args, side)  # read by the layers
         return cfg
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
-        return FloaterTransformerEncoder(cls._position_config(args), src_dict, embed_tokens)
+        return FloaterTransformerEncoder(cls._layer_config(args, "encoder"), src_dict, embed_tokens)
 
     @classmethod
     def build_decoder(cls, args, tgt_dict, embed_tokens):
-        return FloaterTransformerDecoder(cls._position_config(args), tgt_dict, embed_tokens)
+        return FloaterTransformerDecoder(cls._layer_config(args, "decoder"), tgt_dict, embed_tokens)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         # FLOATER: one odeint call serves the encoder and the decoder of this forward pass
@@ -187,6 +201,7 @@ def floater_base_architecture(args):
     _default(args, "pos_blocks", "all")
     for encoder in POSITION_ENCODER_REGISTRY.values():
         encoder.set_defaults(args)
+    self_attention_defaults(args)
     base_architecture(args)
 
 

@@ -133,9 +133,15 @@ class _LayerPositionHooks:
         return super().forward(x, *args, **kwargs)
 
 
+def _self_attention_class(cfg):
+    """The model may put a self-attention factory on the config (--*-self-attention); default
+    fairseq's softmax attention with position hooks."""
+    return getattr(cfg, "self_attention_module", None) or PositionAwareAttention
+
+
 class PositionAwareEncoderLayer(_LayerPositionHooks, TransformerEncoderLayerBase):
     def build_self_attention(self, embed_dim, cfg):
-        return PositionAwareAttention(
+        return _self_attention_class(cfg)(
             embed_dim, cfg.encoder.attention_heads, dropout=cfg.attention_dropout, self_attention=True,
             q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size,
             xformers_att_config=cfg.encoder.xformers_att_config,
@@ -144,7 +150,14 @@ class PositionAwareEncoderLayer(_LayerPositionHooks, TransformerEncoderLayerBase
 
 class PositionAwareDecoderLayer(_LayerPositionHooks, TransformerDecoderLayerBase):
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
-        return PositionAwareAttention(
+        attention = _self_attention_class(cfg)
+        if attention is not PositionAwareAttention:
+            if add_bias_kv or add_zero_attn:
+                raise ValueError("kernelized-rpe decoder self-attention does not support "
+                                 "add_bias_kv / add_zero_attn")
+            return attention(embed_dim, cfg.decoder.attention_heads, dropout=cfg.attention_dropout,
+                             q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size)
+        return attention(
             embed_dim, cfg.decoder.attention_heads, dropout=cfg.attention_dropout,
             add_bias_kv=add_bias_kv, add_zero_attn=add_zero_attn, self_attention=not cfg.cross_self_attention,
             q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size,

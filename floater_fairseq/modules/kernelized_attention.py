@@ -1,0 +1,240 @@
+"""Kernelized attention with relative position encoding, computed by FFT in O(n log n).
+
+Luo et al., "Stable, Fast and Accurate: Kernelized Attention with Relative Positional Encoding"
+(NeurIPS 2021). With positive random features phi (Performer) and a learnable relative bias
+b_{j-i} per head, c = exp(b - max b):
+
+    z_i = phi(q_i)^T sum_j c_{j-i} phi(k_j) v_j^T  /  phi(q_i)^T sum_j c_{j-i} phi(k_j)      (1)
+
+C_ij = c_{j-i} is Toeplitz, so both sums are one Toeplitz product C @ [phi(k) (x) [v, 1]], done
+with rFFT/irFFT of length 2n in fp32: O(n log n) time, O(n m d) memory. q and k are L2-normalised
+(the paper's fix for unstable random-feature attention); the relative bias restores sharp
+attention. Causal attention sets c_{j-i} = 0 for j > i; incremental decoding computes step i
+directly in O(i). Only self-attention: cross-attention has no relative position.
+"""
+import functools
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .position_aware_layers import PositionAwareAttention
+
+SELF_ATTENTION_KINDS = ("softmax", "kernelized-rpe")
+
+
+@dataclass
+class KernelizedAttentionOptions:
+    """What --kernelized-* says for one side (encoder or decoder)."""
+
+    features: int = 64  # m, the number of random features
+    redraw: bool = False  # draw new features at every training forward
+    window: int = 0  # offsets clipped to [-window, window]; 0: the side's max positions - 1
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """fp32 at least (fp16/bf16 FFTs lose the small weights), float64 kept for tests."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def orthogonal_gaussian_features(num_features: int, dim: int, generator=None, device=None) -> Tensor:
+    """[m, d] rows w ~ N(0, I) drawn in orthogonal blocks (Performer's ORF): each block of d rows
+    is an orthonormal basis rescaled by the norms of independent Gaussian vectors."""
+    blocks = []
+    for _ in range(math.ceil(num_features / dim)):
+        gaussian = torch.randn(dim, dim, generator=generator, device=device)
+        q, r = torch.linalg.qr(gaussian)
+        q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)  # Haar-uniform (QR's signs are not)
+        norms = torch.randn(dim, dim, generator=generator, device=device).norm(dim=1)
+        blocks.append(q.t() * norms.unsqueeze(1))
+    return torch.cat(blocks)[:num_features]
+
+
+def positive_random_features(x: Tensor, projection: Tensor) -> Tensor:
+    """phi(x) = exp(w^T x - |x|^2 / 2) / sqrt(m), so E[phi(q)^T phi(k)] = exp(q^T k)."""
+    logits = x @ projection.t() - 0.5 * x.pow(2).sum(-1, keepdim=True)
+    return torch.exp(logits) / math.sqrt(projection.size(0))
+
+
+def relative_offsets_bias(rpe_bias: Tensor, length: int, causal: bool) -> Tensor:
+    """[H, 2n-1] bias for offsets j - i = -(n-1) .. n-1 from the per-head table [H, W+1] (causal:
+    offsets -W..0) or [H, 2W+1] (offsets -W..W); offsets beyond the window take its edge value."""
+    window = rpe_bias.size(1) - 1 if causal else (rpe_bias.size(1) - 1) // 2
+    offsets = torch.arange(-(length - 1), length, device=rpe_bias.device).clamp(-window, window)
+    if causal:
+        offsets = offsets.clamp(max=0)  # the future half is zeroed by the caller
+    return rpe_bias[:, offsets + window]
+
+
+def toeplitz_kernel(bias: Tensor, causal: bool) -> Tensor:
+    """c = exp(b - max b) over the offsets in use, [H, 2n-1]; causal: zero for j > i."""
+    length = (bias.size(1) + 1) // 2
+    if causal:
+        past = bias[:, :length]
+        c_past = torch.exp(past - past.max(dim=1, keepdim=True).values)
+        return torch.cat([c_past, c_past.new_zeros(bias.size(0), length - 1)], dim=1)
+    return torch.exp(bias - bias.max(dim=1, keepdim=True).values)
+
+
+def toeplitz_matmul(kernel: Tensor, x: Tensor) -> Tensor:
+    """y_i = sum_j t_{j-i} x_j for kernel t [H, 2n-1] (offsets -(n-1)..n-1) and x [B, H, n, F],
+    as a circular convolution of length 2n (rFFT/irFFT in fp32)."""
+    n = x.size(-2)
+    dtype = _compute_dtype(x)
+    t = kernel.to(dtype)
+    # circulant first column g[(i - j) mod 2n] = t_{j-i}: t_0, t_-1, .., t_-(n-1), 0, t_(n-1), .., t_1
+    g = torch.cat([t[:, :n].flip(1), t.new_zeros(t.size(0), 1), t[:, n:].flip(1)], dim=1)
+    spectrum = torch.fft.rfft(g, n=2 * n).unsqueeze(-1)  # [H, n+1, 1]
+    y = torch.fft.irfft(torch.fft.rfft(x.to(dtype), n=2 * n, dim=-2) * spectrum, n=2 * n, dim=-2)
+    return y[..., :n, :]
+
+
+def kernelized_rpe_attention(q: Tensor, k: Tensor, v: Tensor, rpe_bias: Tensor, projection: Tensor,
+                             key_padding_mask: Optional[Tensor] = None, causal: bool = False) -> Tensor:
+    """Eq. (1) for q, k, v [B, H, n, d] (q, k normalised here), key_padding_mask [B, n] True at
+    pads; returns [B, H, n, d] in q's dtype. Numerator and denominator share one Toeplitz product:
+    the denominator is the numerator's extra value column of ones."""
+    compute = _compute_dtype(q)
+    phi_q = positive_random_features(F.normalize(q.to(compute), dim=-1), projection.to(compute))
+    phi_k = positive_random_features(F.normalize(k.to(compute), dim=-1), projection.to(compute))
+    if key_padding_mask is not None:
+        phi_k = phi_k.masked_fill(key_padding_mask[:, None, :, None], 0.0)  # pads contribute nothing
+    v1 = torch.cat([v.to(compute), v.new_ones(v.shape[:-1] + (1,), dtype=compute)], dim=-1)
+    b, h, n, m = phi_k.shape
+    outer = (phi_k.unsqueeze(-1) * v1.unsqueeze(-2)).reshape(b, h, n, m * v1.size(-1))
+    kernel = toeplitz_kernel(relative_offsets_bias(rpe_bias.to(compute), n, causal), causal)
+    summed = toeplitz_matmul(kernel, outer).view(b, h, n, m, v1.size(-1))
+    out = torch.einsum("bhnm,bhnmd->bhnd", phi_q, summed)
+    return _normalise(out[..., :-1], out[..., -1:]).to(q.dtype)
+
+
+def add_self_attention_args(parser):
+    parser.add_argument("--encoder-self-attention", choices=SELF_ATTENTION_KINDS,
+                        help="encoder self-attention: softmax (default) or kernelized-rpe (Luo et al. 2021)")
+    parser.add_argument("--decoder-self-attention", choices=SELF_ATTENTION_KINDS,
+                        help="decoder self-attention: softmax (default) or causal kernelized-rpe")
+    parser.add_argument("--kernelized-features", type=int, metavar="M",
+                        help="kernelized-rpe: random features per head (default 64)")
+    parser.add_argument("--kernelized-feature-redraw", action="store_true",
+                        help="kernelized-rpe: draw new random features at every training step "
+                             "(default: fixed features, saved in the checkpoint)")
+    parser.add_argument("--kernelized-rpe-window", type=int, metavar="W",
+                        help="kernelized-rpe: learn b_{j-i} for |j - i| <= W, longer offsets share the "
+                             "edge value (default 0: the full range, max positions - 1)")
+
+
+def self_attention_defaults(args):
+    for name, value in (("encoder_self_attention", "softmax"), ("decoder_self_attention", "softmax"),
+                        ("kernelized_features", 64), ("kernelized_feature_redraw", False),
+                        ("kernelized_rpe_window", 0)):
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
+def self_attention_module(args, side: str):
+    """The factory a layer builds its self-attention with, or None for fairseq's softmax."""
+    if getattr(args, f"{side}_self_attention") != "kernelized-rpe":
+        return None
+    if args.kernelized_rpe_window < 0:
+        raise ValueError(f"--kernelized-rpe-window must be >= 0, got {args.kernelized_rpe_window}")
+    options = KernelizedAttentionOptions(args.kernelized_features, args.kernelized_feature_redraw,
+                                         args.kernelized_rpe_window)
+    max_positions = args.max_source_positions if side == "encoder" else args.max_target_positions
+    return functools.partial(KernelizedRPEAttention, options=options, max_positions=max_positions,
+                             causal=side == "decoder")
+
+
+def _normalise(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """numerator / denominator; the denominator is > 0 unless every key is padding (then 0)."""
+    return numerator / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
+
+
+class KernelizedRPEAttention(PositionAwareAttention):
+    """Self-attention of Eq. (1), a drop-in for fairseq's MultiheadAttention (same projections and
+    parameter names, fairseq's incremental_state conventions, so beam search reorders it).
+
+    The position encoder's q/k/v biases and rotations still apply (they act on the projections);
+    a logit bias (ALiBi) cannot, since there are no explicit logits. Attention dropout does not
+    apply either: there is no explicit attention matrix to drop from."""
+
+    def __init__(self, embed_dim: int, num_heads: int, options: KernelizedAttentionOptions,
+                 max_positions: int, causal: bool, **kwargs):
+        kwargs["self_attention"] = True
+        super().__init__(embed_dim, num_heads, **kwargs)
+        if options.features < 1:
+            raise ValueError(f"--kernelized-features must be positive, got {options.features}")
+        window = options.window or max(max_positions - 1, 1)
+        self.causal = causal
+        self.redraw = options.redraw
+        # zero bias: uniform c, i.e. plain random-feature attention at initialisation
+        self.rpe_bias = nn.Parameter(torch.zeros(num_heads, (window + 1) if causal else (2 * window + 1)))
+        # persistent: a checkpoint decodes with the features it was trained with
+        self.register_buffer("feature_projection", orthogonal_gaussian_features(options.features, self.head_dim))
+
+    @property
+    def window(self) -> int:
+        return self.rpe_bias.size(1) - 1 if self.causal else (self.rpe_bias.size(1) - 1) // 2
+
+    def _projection(self) -> Tensor:
+        if self.redraw and self.training:
+            self.feature_projection.copy_(orthogonal_gaussian_features(
+                self.feature_projection.size(0), self.head_dim, device=self.feature_projection.device))
+        return self.feature_projection
+
+    def _heads(self, x: Tensor) -> Tensor:
+        t, b, _ = x.shape
+        return x.view(t, b, self.num_heads, self.head_dim).permute(1, 2, 0, 3)  # [B, H, T, d]
+
+    def forward(self, query, key=None, value=None, key_padding_mask=None, incremental_state=None,
+                need_weights=True, static_kv=False, attn_mask=None, before_softmax=False,
+                need_head_weights=False) -> Tuple[Tensor, Optional[Tensor]]:
+        if self.logit_bias is not None:
+            raise RuntimeError("kernelized-rpe attention has no explicit logits for a logit bias "
+                               "(ALiBi); it has its own relative bias: use --pos-encoder none")
+        if before_softmax:
+            raise NotImplementedError("kernelized-rpe attention has no logits to return (before_softmax)")
+        if attn_mask is not None and not self.causal:
+            raise NotImplementedError("non-causal kernelized-rpe attention takes no attention mask")
+        # a causal module applies its own future mask (the attn_mask fairseq's decoder passes)
+        key = query if key is None else key
+        value = key if value is None else value
+        q, k, v = (self._heads(proj(x)) for proj, x in ((self.q_proj, query), (self.k_proj, key),
+                                                         (self.v_proj, value)))
+        if incremental_state is not None:
+            out = self._incremental_step(q, k, v, key_padding_mask, incremental_state)
+        else:
+            out = kernelized_rpe_attention(q, k, v, self.rpe_bias, self._projection(), key_padding_mask,
+                                           causal=self.causal)
+        tgt_len, bsz = query.size(0), query.size(1)
+        out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)
+        return self.out_proj(out), None
+
+    def _incremental_step(self, q, k, v, key_padding_mask, incremental_state) -> Tensor:
+        """Decoder step(s) computed directly from the stored keys' features and values, O(i)."""
+        if not self.causal:
+            raise RuntimeError("incremental decoding needs causal (decoder) kernelized-rpe attention")
+        compute = _compute_dtype(q)
+        projection = self.feature_projection.to(compute)
+        phi_k = positive_random_features(F.normalize(k.to(compute), dim=-1), projection)
+        if key_padding_mask is not None:
+            new_mask = key_padding_mask[:, -k.size(2):]
+            phi_k = phi_k.masked_fill(new_mask[:, None, :, None], 0.0)
+        state: Dict[str, Optional[Tensor]] = self._get_input_buffer(incremental_state)
+        if "prev_key_features" in state:
+            phi_k = torch.cat([state["prev_key_features"], phi_k], dim=2)
+            v = torch.cat([state["prev_value"], v.to(compute)], dim=2)
+        state["prev_key_features"], state["prev_value"] = phi_k, v.to(compute)
+        incremental_state = self._set_input_buffer(incremental_state, state)
+
+        length, steps = phi_k.size(2), q.size(2)
+        phi_q = positive_random_features(F.normalize(q.to(compute), dim=-1), projection)
+        scores = phi_q @ phi_k.transpose(-1, -2)  # [B, H, steps, length]
+        # query i (absolute position length - steps + r) sees keys j <= i with weight c_{j-i}
+        kernel = toeplitz_kernel(relative_offsets_bias(self.rpe_bias.to(compute), length, True), True)
+        rows = torch.arange(length - steps, length, device=q.device)
+        offsets = torch.arange(length, device=q.device).unsqueeze(0) - rows.unsqueeze(1) + length - 1
+        weights = scores * kernel[:, offsets]
+        return _normalise(weights @ v, weights.sum(-1, keepdim=True)).to(q.dtype)
