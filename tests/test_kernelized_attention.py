@@ -55,8 +55,16 @@ def random_inputs(n=9, heads=2, dim=8, batch=2, seed=0, window=None, causal=Fals
 def test_fft_toeplitz_product_equals_the_dense_product(n):
     g = torch.Generator().manual_seed(n)
     kernel = torch.randn(3, 2 * n - 1, generator=g, dtype=torch.float64)
-    x = torch.randn(2, 3, n, 5, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(toeplitz_matmul(kernel, x), dense_toeplitz(kernel, n) @ x, atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 3, 5, n, generator=g, dtype=torch.float64)  # [B, H, channels, n]
+    expected = (dense_toeplitz(kernel, n) @ x.transpose(-1, -2)).transpose(-1, -2)
+    torch.testing.assert_close(toeplitz_matmul(kernel, x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fft_toeplitz_product_gradients_equal_the_dense_product_gradients():
+    g = torch.Generator().manual_seed(0)
+    kernel = torch.randn(2, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 2, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(toeplitz_matmul, (kernel, x))
 
 
 def test_orthogonal_features_are_orthogonal_within_a_block():
