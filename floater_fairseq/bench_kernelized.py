@@ -128,8 +128,11 @@ def growth_exponent(points):
 
 
 def plot(results, lengths, path):
+    import logging
+
     import matplotlib
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -16,10 +16,10 @@ import subprocess
 import sys
 import time
 
+from . import USER_DIR
 from .length_buckets import bucket_bleu, parse_generate_output, plot
 from .synthetic import make_pairs, write_split
 
-USER_DIR = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
 
 SINUSOIDAL = "sinusoidal (input)"

@@ -32,10 +32,10 @@ import time
 
 import sacrebleu
 
-from .experiment_config import ConfigError, load, train_args
+from . import USER_DIR
+from .experiment_config import ConfigError, check_train_flags, load, train_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-USER_DIR = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
 # where configs, results and checkpoints live (environment overrides, e.g. for tests)
 CONFIG_ROOT = os.environ.get("FLOATER_CONFIGS", os.path.join(REPO, "configs"))
@@ -91,6 +91,7 @@ def train(config_path: str, extra=()):
     if not os.path.isdir(data):
         raise ExperimentError(f"{config_path}: data directory {config['data']} does not exist; prepare it first "
                               f"(scripts/prepare-*.sh)")
+    check_train_flags(config, config_path, extra)
     save_dir = _save_dir(extra) or checkpoint_dir(config_path)
     os.makedirs(save_dir, exist_ok=True)
     flags = train_args(config)

@@ -68,6 +68,33 @@ def train_args(config: Dict) -> List[str]:
     return args
 
 
+def check_train_flags(config: Dict, path: str, extra=()):
+    """Parse the train section with fairseq-train's own parser (plugin flags included), so a typo
+    stops before anything runs, with the closest real flag."""
+    import contextlib
+    import difflib
+    import io
+
+    from fairseq import options
+
+    from . import USER_DIR
+    parser = options.get_training_parser()
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            options.parse_args_and_arch(parser, [config["data"], "--user-dir", USER_DIR, *train_args(config), *extra])
+    except SystemExit:
+        message = errors.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+        flags = list(parser._option_string_actions)
+        hints = []
+        if "unrecognized arguments:" in message:
+            for flag in message.split("unrecognized arguments:", 1)[1].split():
+                close = difflib.get_close_matches(flag, flags, n=1) if flag.startswith("--") else []
+                if close:
+                    hints.append(f"{flag[2:]} -> did you mean {close[0][2:]}?")
+        raise ConfigError(f"{path}: train: {message}" + (f" ({'; '.join(hints)})" if hints else "")) from None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Write configs/DATASET/ROW.yaml: every Table-2 row (FLOATER / sinusoidal / learned x all blocks /
-input only) plus none, shifted-basis (gaussian), rope and alibi, for each dataset and size.
+input only) plus none, shifted-basis (gaussian), rope, alibi and kernelized-rpe attention, for each
+dataset and size.
 
 The configs are checked in; tests/test_configs.py fails when they differ from this script's
 output, so edit this script and re-run it (python scripts/make-configs.py) rather than the files.
@@ -73,6 +74,9 @@ ROWS = {
                                "basis-size": 64, "basis-max-positions": 256, "basis-projection": "linear"},
     "rope": {"pos-encoder": "rope", "pos-blocks": "all"},
     "alibi": {"pos-encoder": "alibi", "pos-blocks": "all"},
+    # Luo et al. 2021: kernelized self-attention whose only position signal is its FFT relative bias
+    "kernelized-rpe": {"pos-encoder": "none", "encoder-self-attention": "kernelized-rpe",
+                       "decoder-self-attention": "kernelized-rpe", "kernelized-features": 64},
 }
 
 

@@ -17,9 +17,9 @@ TRAIN = [
 ]
 
 
-def train(data, save_dir, arch, *extra, epochs=1):
+def train(data, save_dir, arch, *extra, epochs=1, check=True):
     return run_cli("fairseq-train", str(data / "bin"), "--arch", arch, "--save-dir", str(save_dir),
-                   "--max-epoch", str(epochs), *TRAIN, *extra)
+                   "--max-epoch", str(epochs), *TRAIN, *extra, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +91,14 @@ def test_interactive_and_validate(trained):
     result = subprocess.run(
         [os.path.join(BIN, "fairseq-interactive"), str(data / "bin"), "--user-dir", USER_DIR, "--path", str(checkpoint),
          "--source-lang", "src", "--target-lang", "tgt", "--beam", "2", "--cpu"],
-        input="s1 s2 s3\ns4 s4 s5 s6 s7 s8 s9 s1 s2 s3 s4 s5 s6 s7 s8 s9 s1 s2 s3 s4 s5\n",
+        # a short line, one longer than any training sentence, an empty one, one of unknown words only
+        input="s1 s2 s3\ns4 s4 s5 s6 s7 s8 s9 s1 s2 s3 s4 s5 s6 s7 s8 s9 s1 s2 s3 s4 s5\n\nzzz qqq xxx\n",
         capture_output=True, text=True, check=True,
     )
-    assert len([line for line in result.stdout.splitlines() if line.startswith("H-")]) == 2
+    hypotheses = re.findall(r"^H-(\d+)\t(\S+)", result.stdout, re.M)
+    assert [int(i) for i, _ in hypotheses] == [0, 1, 2, 3], result.stdout
+    assert all(float(score) == float(score) and float(score) > -1e4 for _, score in hypotheses)  # finite
+    assert re.search(r"^S-3\t<unk> <unk> <unk>$", result.stdout, re.M)
     out = run_cli("fairseq-validate", str(data / "bin"), "--user-dir", USER_DIR, "--path", str(checkpoint),
                   "--task", "translation", "--max-tokens", "1000", "--cpu", "--valid-subset", "valid,test")
     assert re.search(r"valid on 'test' subset \| loss [0-9.]+", out.stdout + out.stderr)
@@ -111,6 +115,45 @@ def test_hub_interface_in_a_fresh_process(trained):
     result = subprocess.run([os.path.join(BIN, "python"), "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"^OUT t\d", result.stdout, re.M), result.stdout
+
+
+def test_generate_without_user_dir_fails_as_readme_documents(trained_compat):
+    data, checkpoint, _ = trained_compat
+    result = run_cli("fairseq-generate", str(data / "bin"), "--path", str(checkpoint), "--cpu", check=False)
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    with open(os.path.join(os.path.dirname(USER_DIR), "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert error in readme, f"README must quote fairseq's error: {error}"
+    assert "--user-dir" in readme
+
+
+def test_hub_loader_of_this_package(trained_compat, tmp_path):
+    from floater_fairseq.hub import HubLoadError, from_pretrained
+
+    data, checkpoint, _ = trained_compat
+    hub = from_pretrained(str(checkpoint.parent), "checkpoint_last.pt", str(data / "bin"))
+    assert re.match(r"t\d", hub.translate("s1 s2 s3 s4", beam=2))
+    with pytest.raises(HubLoadError, match=r"no checkpoint .*checkpoint_best.pt; that directory has checkpoint_last.pt"):
+        from_pretrained(str(checkpoint.parent), "checkpoint_best.pt", str(data / "bin"))
+    with pytest.raises(HubLoadError, match="no data directory"):
+        from_pretrained(str(checkpoint.parent), "checkpoint_last.pt", str(tmp_path / "missing"))
+    foreign = tmp_path / "foreign.pt"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["cfg"]["model"].arch = "someone_elses_model"
+    torch.save(state, foreign)
+    with pytest.raises(HubLoadError, match="'someone_elses_model' checkpoint, which neither fairseq nor floater_fairseq"):
+        from_pretrained(str(tmp_path), "foreign.pt", str(data / "bin"))
+
+
+def test_finetuning_from_a_checkpoint_of_another_encoder_names_the_mismatch(trained_compat, tmp_path):
+    data, checkpoint, _ = trained_compat
+    result = train(data, tmp_path, "floater_transformer_tiny", "--pos-encoder", "learned", "--pos-blocks", "all",
+                   "--finetune-from-model", str(checkpoint), "--max-update", "2", check=False)
+    assert result.returncode != 0
+    assert "trained with another position encoder" in result.stderr + result.stdout
+    assert "FLOATER's ODE (--pos-encoder floater)" in result.stderr + result.stdout
+    assert not (tmp_path / "checkpoint_last.pt").exists()
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def test_checked_in_configs_equal_the_generator_output():
             assert f.read() == text, f"{path} differs from scripts/make-configs.py: re-run it"
     datasets = {"multi30k-de-en", "iwslt14-de-en", "wmt14-en-de-base", "wmt14-en-de-big", "wmt14-en-fr-base", "wmt14-en-fr-big"}
     assert set(make.DATASETS) == datasets
-    assert TABLE2_ROWS | {"none", "shifted-basis-gaussian", "rope", "alibi"} == set(make.ROWS)
+    assert TABLE2_ROWS | {"none", "shifted-basis-gaussian", "rope", "alibi", "kernelized-rpe"} == set(make.ROWS)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, os.path.join(REPO, "configs")) for p in CONFIGS])
@@ -43,7 +43,10 @@ def test_every_config_parses_as_fairseq_train_flags(path):
     assert args.pos_encoder == config["train"]["pos-encoder"]
     if config.get("warm_start"):
         assert os.path.exists(os.path.join(os.path.dirname(path), config["warm_start"]["from"] + ".yaml"))
-    assert row.split("-")[0] in args.pos_encoder
+    if row == "kernelized-rpe":
+        assert args.encoder_self_attention == args.decoder_self_attention == row and args.pos_encoder == "none"
+    else:
+        assert row.split("-")[0] in args.pos_encoder and args.encoder_self_attention == "softmax"
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if "multi30k" in p])

@@ -108,11 +108,64 @@ class FloaterTransformerModel(TransformerModel):
     def build_decoder(cls, args, tgt_dict, embed_tokens):
         return FloaterTransformerDecoder(cls._layer_config(args, "decoder"), tgt_dict, embed_tokens)
 
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        try:
+            return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        except RuntimeError as error:
+            mismatch = position_parameter_mismatch(self.state_dict(), state_dict)  # keys upgraded in place
+            if not mismatch:
+                raise
+            raise CheckpointMismatchError(mismatch) from error
+
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         # FLOATER: one odeint call serves the encoder and the decoder of this forward pass
         length = max(src_tokens.size(1), prev_output_tokens.size(1))
         with self.position_encoder.solving(length):
             return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+
+
+# Parameter names that belong to one position encoder or self-attention kind, and who owns them
+POSITION_PARAMETERS = (
+    ("position_encoder.signal.", "FLOATER's ODE (--pos-encoder floater)"),
+    ("position_encoder.", "a position encoder's own parameters (--pos-encoder learned/shifted-basis --pos-blocks all, ...)"),
+    ("embed_positions.weight", "a learned input embedding (--pos-encoder learned --pos-blocks input)"),
+    ("embed_positions._float_tensor", "fairseq's input sinusoid (--pos-encoder sinusoidal/floater)"),
+    ("embed_positions.", "an input position embedding"),
+    ("self_attn.rpe_bias", "kernelized-rpe self-attention (--*-self-attention kernelized-rpe)"),
+    ("self_attn.feature_projection", "kernelized-rpe self-attention (--*-self-attention kernelized-rpe)"),
+)
+
+
+def _owner(key: str):
+    return next((owner for pattern, owner in POSITION_PARAMETERS if pattern in key), None)
+
+
+def position_parameter_mismatch(model_state, checkpoint_state) -> str:
+    """What differs between a model's and a checkpoint's position parameters ('' if nothing)."""
+    lines = []
+    for key in sorted(set(checkpoint_state) - set(model_state)):
+        if _owner(key):
+            lines.append(f"  checkpoint has {key}: {_owner(key)}, which this model does not")
+    for key in sorted(set(model_state) - set(checkpoint_state)):
+        if _owner(key):
+            lines.append(f"  model expects {key}: {_owner(key)}, which the checkpoint lacks")
+    for key in sorted(set(model_state) & set(checkpoint_state)):
+        if _owner(key) and tuple(model_state[key].shape) != tuple(checkpoint_state[key].shape):
+            lines.append(f"  {key}: checkpoint {tuple(checkpoint_state[key].shape)} vs model "
+                         f"{tuple(model_state[key].shape)} (max positions / window / features differ)")
+    return "\n".join(lines)
+
+
+class CheckpointMismatchError(RuntimeError):
+    def __init__(self, mismatch: str):
+        super().__init__(
+            "this checkpoint was trained with another position encoder or self-attention than the "
+            f"model it is loaded into:\n{mismatch}\nBuild the model with the checkpoint's flags "
+            "(fairseq-generate/-interactive/-validate read them from the checkpoint; with "
+            "--restore-file or --finetune-from-model pass the same --pos-encoder, --pos-blocks, "
+            "--*-self-attention and size flags), or turn a vanilla transformer checkpoint into a "
+            "FLOATER one with python -m floater_fairseq.migrate."
+        )
 
 
 def _wrap_layer(layer, cfg):

@@ -1,0 +1,120 @@
+"""Distributed data-parallel training on 2 CPU processes (gloo).
+
+* every encoder of the laboratory under torch's DistributedDataParallel -- the class fairseq's
+  c10d backend wraps models in -- with find_unused_parameters=False: a parameter that misses a
+  gradient in any step would stop it; after the steps both ranks hold identical parameters;
+* fairseq-train itself under torchrun with --distributed-world-size 2: world size 2 reported,
+  identical parameters on both ranks at every checkpoint.
+"""
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import BIN, TINY, USER_DIR, build_model, random_tokens
+from test_position_encoders import COMBINATIONS, IDS
+
+STEPS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_worker(rank: int, world: int, port: int, out: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    report = {}
+    for (encoder, blocks, attention), name in zip(COMBINATIONS, IDS):
+        model, d, _ = build_model(extra=["--pos-encoder", encoder, "--pos-blocks", blocks,
+                                         "--encoder-self-attention", attention,
+                                         "--decoder-self-attention", attention, "--kernelized-features", "8"],
+                                  seed=rank)  # different initial weights: DDP must broadcast rank 0's
+        model.train()
+        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
+        optimizer = torch.optim.Adam(ddp.parameters(), lr=1e-2)
+        initial = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+        for step in range(STEPS):
+            # each rank its own batch, of its own lengths and padding
+            lengths = [5 + rank, 3, 7 - step]
+            src = random_tokens(d, lengths, seed=100 * rank + step, left_pad=True)
+            prev = random_tokens(d, [4 + step, 6], seed=100 * rank + step + 50)
+            target = torch.cat([prev[:, 1:], prev[:, :1]], dim=1)
+            logits, _ = ddp(src, None, prev)
+            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=d.pad())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        gathered = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat)
+        report[name] = {"identical": all(torch.equal(gathered[0], g) for g in gathered),
+                        "trained": not torch.equal(flat, initial)}
+    if rank == 0:
+        torch.save(report, out)
+    dist.destroy_process_group()
+
+
+def test_every_encoder_trains_under_ddp_without_unused_parameters(tmp_path):
+    out = tmp_path / "report.pt"
+    mp.spawn(ddp_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    report = torch.load(out, weights_only=True)
+    assert set(report) == set(IDS)
+    for name, result in report.items():
+        assert result["identical"] and result["trained"], (name, result)
+
+
+DRIVER = textwrap.dedent("""
+    # fairseq-train, plus a dump of this rank's parameters at every checkpoint (only rank 0 saves)
+    import sys
+    import torch
+    import torch.distributed as dist
+    from fairseq import checkpoint_utils
+    from fairseq_cli import train
+
+    save_checkpoint = checkpoint_utils.save_checkpoint
+
+    def save_and_dump(cfg, trainer, epoch_itr, val_loss):
+        path = f"{cfg.save_dir}/params-rank{dist.get_rank()}-update{trainer.get_num_updates()}.pt"
+        torch.save({n: p.detach().clone() for n, p in trainer.model.named_parameters()}, path)
+        return save_checkpoint(cfg, trainer, epoch_itr, val_loss)
+
+    checkpoint_utils.save_checkpoint = save_and_dump
+    sys.argv = ["fairseq-train", *sys.argv[1:]]
+    train.cli_main()
+""")
+
+
+def test_fairseq_train_with_two_processes(synthetic_bin, tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    save_dir = tmp_path / "checkpoints"
+    cmd = [os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(driver), str(synthetic_bin / "bin"), "--user-dir", USER_DIR, "--arch", "floater_transformer_tiny",
+           "--save-dir", str(save_dir), "--cpu", "--distributed-world-size", "2", "--distributed-backend", "gloo",
+           "--ddp-backend", "legacy_ddp", "--optimizer", "adam", "--lr", "0.003", "--lr-scheduler",
+           "inverse_sqrt", "--warmup-updates", "4", "--max-tokens", "300", "--criterion",
+           "label_smoothed_cross_entropy", "--max-update", "6", "--save-interval-updates", "3",
+           "--no-epoch-checkpoints", "--disable-validation", "--no-progress-bar", "--log-interval", "1",
+           "--seed", "1", *TINY]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert re.search(r"distributed init \(rank 1\)", log) and "training on 2 devices" in log, log[-4000:]
+    for update in (3, 6):
+        ranks = [torch.load(save_dir / f"params-rank{r}-update{update}.pt", weights_only=True) for r in (0, 1)]
+        assert ranks[0].keys() == ranks[1].keys()
+        for name in ranks[0]:
+            assert torch.equal(ranks[0][name], ranks[1][name]), (update, name)
+    state = torch.load(save_dir / "checkpoint_last.pt", weights_only=True)
+    assert state["optimizer_history"][-1]["num_updates"] == 6
