@@ -75,8 +75,10 @@ ROWS = {
     "rope": {"pos-encoder": "rope", "pos-blocks": "all"},
     "alibi": {"pos-encoder": "alibi", "pos-blocks": "all"},
     # Luo et al. 2021: kernelized self-attention whose only position signal is its FFT relative bias
+    # (sentences under 256 tokens evaluate the same sums directly: faster than the FFT there)
     "kernelized-rpe": {"pos-encoder": "none", "encoder-self-attention": "kernelized-rpe",
-                       "decoder-self-attention": "kernelized-rpe", "kernelized-features": 64},
+                       "decoder-self-attention": "kernelized-rpe", "kernelized-features": 64,
+                       "kernelized-fft-min-length": 256},
 }
 
 

@@ -123,6 +123,19 @@ def test_padded_keys_contribute_nothing_and_offsets_ignore_padding():
     torch.testing.assert_close(right[:, :, :6], alone, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_direct_evaluation_for_short_inputs_equals_the_fft(causal):
+    q, k, v, bias = (x.requires_grad_() for x in random_inputs(n=7, causal=causal, window=4))
+    projection = orthogonal_gaussian_features(16, 8).double()
+    mask = torch.tensor([[True, True] + [False] * 5, [False] * 7])
+    fft = kernelized_rpe_attention(q, k, v, bias, projection, mask, causal=causal)
+    direct = kernelized_rpe_attention(q, k, v, bias, projection, mask, causal=causal, fft_min_length=8)
+    torch.testing.assert_close(direct, fft, atol=1e-10, rtol=1e-10)
+    grads = [torch.autograd.grad(out.sum(), (q, k, v, bias)) for out in (fft, direct)]
+    for g_fft, g_direct in zip(*grads):
+        torch.testing.assert_close(g_direct, g_fft, atol=1e-9, rtol=1e-9)
+
+
 def test_offsets_beyond_the_window_share_the_edge_bias():
     q, k, v, bias = random_inputs(n=12, window=3)
     projection = orthogonal_gaussian_features(4096, 8, generator=torch.Generator().manual_seed(0)).double()

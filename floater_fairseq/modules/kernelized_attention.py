@@ -33,6 +33,7 @@ class KernelizedAttentionOptions:
     features: int = 64  # m, the number of random features
     redraw: bool = False  # draw new features at every training forward
     window: int = 0  # offsets clipped to [-window, window]; 0: the side's max positions - 1
+    fft_min_length: int = 0  # shorter inputs: direct O(n^2 m) evaluation; 0: always FFT
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -163,22 +164,47 @@ class _KernelizedRPE(torch.autograd.Function):
         return grad_kernel, grad_q if want_q else None, grad_k if want_k else None, grad_v if want_v else None
 
 
+def _features(x: Tensor, projection: Tensor, dtype: torch.dtype) -> Tensor:
+    return positive_random_features(F.normalize(x.to(dtype), dim=-1), projection.to(dtype))
+
+
+def _direct(phi_q: Tensor, phi_k: Tensor, v: Tensor, kernel: Tensor, first_row: int) -> Tensor:
+    """Eq. (1) evaluated directly, O(n_q n_k m): queries at positions first_row, first_row + 1, ..
+    against keys 0 .. L-1, with kernel t [H, 2L-1] over offsets -(L-1)..L-1."""
+    length = phi_k.size(2)
+    rows = torch.arange(first_row, first_row + phi_q.size(2), device=phi_q.device)
+    offsets = torch.arange(length, device=phi_q.device).unsqueeze(0) - rows.unsqueeze(1) + length - 1
+    weights = (phi_q @ phi_k.transpose(-1, -2)) * kernel[:, offsets]
+    return _normalise(weights @ v, weights.sum(-1, keepdim=True))
+
+
 def kernelized_rpe_attention(q: Tensor, k: Tensor, v: Tensor, rpe_bias: Tensor, projection: Tensor,
-                             key_padding_mask: Optional[Tensor] = None, causal: bool = False) -> Tensor:
+                             key_padding_mask: Optional[Tensor] = None, causal: bool = False,
+                             fft_min_length: int = 0) -> Tensor:
     """Eq. (1) for q, k, v [B, H, n, d] (q, k normalised here), key_padding_mask [B, n] True at
     pads; returns [B, H, n, d] in q's dtype. Numerator and denominator share one Toeplitz product:
-    the denominator is the numerator's extra value column of ones."""
+    the denominator is the numerator's extra value column of ones. Inputs shorter than
+    ``fft_min_length`` take the direct O(n^2 m) evaluation of the same sums (faster for short
+    sentences; 0: always FFT)."""
     compute = _compute_dtype(q)
-    phi_q = positive_random_features(F.normalize(q.to(compute), dim=-1), projection.to(compute))
-    phi_k = positive_random_features(F.normalize(k.to(compute), dim=-1), projection.to(compute))
+    phi_q, phi_k = _features(q, projection, compute), _features(k, projection, compute)
     if key_padding_mask is not None:
         phi_k = phi_k.masked_fill(key_padding_mask[:, None, :, None], 0.0)  # pads contribute nothing
-    v1 = torch.cat([v.to(compute), v.new_ones(v.shape[:-1] + (1,), dtype=compute)], dim=-1)
     kernel = toeplitz_kernel(relative_offsets_bias(rpe_bias.to(compute), q.size(2), causal), causal)
-    # sequence last, contiguous: the FFTs run along contiguous memory
-    out = _KernelizedRPE.apply(kernel, *(x.transpose(-1, -2).contiguous() for x in (phi_q, phi_k, v1)))
-    out = out.transpose(-1, -2)
-    return _normalise(out[..., :-1], out[..., -1:]).to(q.dtype)
+    if q.size(2) < fft_min_length:
+        out = _direct(phi_q, phi_k, v.to(compute), kernel, 0)
+    else:
+        v1 = torch.cat([v.to(compute), v.new_ones(v.shape[:-1] + (1,), dtype=compute)], dim=-1)
+        # sequence last, contiguous: the FFTs run along contiguous memory
+        summed = _KernelizedRPE.apply(kernel, *(x.transpose(-1, -2).contiguous() for x in (phi_q, phi_k, v1)))
+        summed = summed.transpose(-1, -2)
+        out = _normalise(summed[..., :-1], summed[..., -1:])
+    if key_padding_mask is not None:
+        # a query that sees no real key (a pad before the first token) gets 0, not FFT round-off / 0
+        real = (~key_padding_mask).to(compute)
+        sees_a_key = real.cumsum(-1) > 0 if causal else real.sum(-1, keepdim=True) > 0
+        out = out * sees_a_key[:, None, :, None]
+    return out.to(q.dtype)
 
 
 def add_self_attention_args(parser):
@@ -194,12 +220,15 @@ def add_self_attention_args(parser):
     parser.add_argument("--kernelized-rpe-window", type=int, metavar="W",
                         help="kernelized-rpe: learn b_{j-i} for |j - i| <= W, longer offsets share the "
                              "edge value (default 0: the full range, max positions - 1)")
+    parser.add_argument("--kernelized-fft-min-length", type=int, metavar="N",
+                        help="kernelized-rpe: evaluate the same sums directly, O(n^2 m), for inputs "
+                             "shorter than N tokens, where that is faster than the FFT (default 0: always FFT)")
 
 
 def self_attention_defaults(args):
     for name, value in (("encoder_self_attention", "softmax"), ("decoder_self_attention", "softmax"),
                         ("kernelized_features", 64), ("kernelized_feature_redraw", False),
-                        ("kernelized_rpe_window", 0)):
+                        ("kernelized_rpe_window", 0), ("kernelized_fft_min_length", 0)):
         if getattr(args, name, None) is None:
             setattr(args, name, value)
 
@@ -211,7 +240,7 @@ def self_attention_module(args, side: str):
     if args.kernelized_rpe_window < 0:
         raise ValueError(f"--kernelized-rpe-window must be >= 0, got {args.kernelized_rpe_window}")
     options = KernelizedAttentionOptions(args.kernelized_features, args.kernelized_feature_redraw,
-                                         args.kernelized_rpe_window)
+                                         args.kernelized_rpe_window, args.kernelized_fft_min_length)
     max_positions = args.max_source_positions if side == "encoder" else args.max_target_positions
     return functools.partial(KernelizedRPEAttention, options=options, max_positions=max_positions,
                              causal=side == "decoder")
@@ -239,6 +268,7 @@ class KernelizedRPEAttention(PositionAwareAttention):
         window = options.window or max(max_positions - 1, 1)
         self.causal = causal
         self.redraw = options.redraw
+        self.fft_min_length = options.fft_min_length
         # zero bias: uniform c, i.e. plain random-feature attention at initialisation
         self.rpe_bias = nn.Parameter(torch.zeros(num_heads, (window + 1) if causal else (2 * window + 1)))
         # persistent: a checkpoint decodes with the features it was trained with
@@ -277,7 +307,7 @@ class KernelizedRPEAttention(PositionAwareAttention):
             out = self._incremental_step(q, k, v, key_padding_mask, incremental_state)
         else:
             out = kernelized_rpe_attention(q, k, v, self.rpe_bias, self._projection(), key_padding_mask,
-                                           causal=self.causal)
+                                           causal=self.causal, fft_min_length=self.fft_min_length)
         tgt_len, bsz = query.size(0), query.size(1)
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)
         return self.out_proj(out), None
@@ -287,24 +317,17 @@ class KernelizedRPEAttention(PositionAwareAttention):
         if not self.causal:
             raise RuntimeError("incremental decoding needs causal (decoder) kernelized-rpe attention")
         compute = _compute_dtype(q)
-        projection = self.feature_projection.to(compute)
-        phi_k = positive_random_features(F.normalize(k.to(compute), dim=-1), projection)
+        phi_k = _features(k, self.feature_projection, compute)
         if key_padding_mask is not None:
-            new_mask = key_padding_mask[:, -k.size(2):]
-            phi_k = phi_k.masked_fill(new_mask[:, None, :, None], 0.0)
+            phi_k = phi_k.masked_fill(key_padding_mask[:, -k.size(2):][:, None, :, None], 0.0)
         state: Dict[str, Optional[Tensor]] = self._get_input_buffer(incremental_state)
         if "prev_key_features" in state:
             phi_k = torch.cat([state["prev_key_features"], phi_k], dim=2)
             v = torch.cat([state["prev_value"], v.to(compute)], dim=2)
         state["prev_key_features"], state["prev_value"] = phi_k, v.to(compute)
         incremental_state = self._set_input_buffer(incremental_state, state)
-
         length, steps = phi_k.size(2), q.size(2)
-        phi_q = positive_random_features(F.normalize(q.to(compute), dim=-1), projection)
-        scores = phi_q @ phi_k.transpose(-1, -2)  # [B, H, steps, length]
-        # query i (absolute position length - steps + r) sees keys j <= i with weight c_{j-i}
         kernel = toeplitz_kernel(relative_offsets_bias(self.rpe_bias.to(compute), length, True), True)
-        rows = torch.arange(length - steps, length, device=q.device)
-        offsets = torch.arange(length, device=q.device).unsqueeze(0) - rows.unsqueeze(1) + length - 1
-        weights = scores * kernel[:, offsets]
-        return _normalise(weights @ v, weights.sum(-1, keepdim=True)).to(q.dtype)
+        # the new queries sit at positions length - steps .. length - 1
+        return _direct(_features(q, self.feature_projection, compute), phi_k, v, kernel,
+                       length - steps).to(q.dtype)
