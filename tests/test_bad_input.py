@@ -50,7 +50,8 @@ def test_a_typo_in_a_config_train_flag_stops_before_training(tmp_path, capsys):
 
 @pytest.mark.parametrize("trained,loaded,expected", [
     (["--pos-encoder", "floater"], ["--pos-encoder", "learned", "--pos-blocks", "all"],
-     r"checkpoint has encoder.* FLOATER's ODE \(--pos-encoder floater\).*model expects position_encoder"),
+     r"(?s)checkpoint has position_encoder.signal.* FLOATER's ODE \(--pos-encoder floater\)"
+     r".*model expects position_encoder.tables.encoder"),
     (["--pos-encoder", "none"], ["--pos-encoder", "none", "--encoder-self-attention", "kernelized-rpe"],
      r"model expects encoder.layers.0.self_attn.rpe_bias: kernelized-rpe"),
     (["--pos-encoder", "learned", "--pos-blocks", "input", "--max-source-positions", "32"],

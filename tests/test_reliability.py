@@ -18,7 +18,7 @@ CRASH_TRAIN = [
     "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--dropout", "0.1",
     "--no-progress-bar", "--log-format", "json", "--log-interval", "1", "--seed", "3", "--cpu",
     "--save-interval-updates", "4", "--max-update", "14", "--no-epoch-checkpoints", "--disable-validation",
-    *[flag for flag in TINY if flag not in ("--dropout", "0")],
+    *[x for flag, value in zip(TINY[::2], TINY[1::2]) if flag != "--dropout" for x in (flag, value)],
 ]
 
 
@@ -48,9 +48,7 @@ def load(path):
 
 def test_sigkill_mid_epoch_then_the_same_command_resumes_exactly(synthetic_bin, tmp_path):
     reference = run_to_end(fairseq_train(synthetic_bin, tmp_path / "reference"))
-    again = run_to_end(fairseq_train(synthetic_bin, tmp_path / "again"))
-    # same seed, data and flags on the CPU: identical losses, update by update
-    assert train_losses(reference) == train_losses(again) and len(train_losses(reference)) == 14
+    assert len(train_losses(reference)) == 14
 
     save_dir = tmp_path / "killed"
     cmd = fairseq_train(synthetic_bin, save_dir)
@@ -63,6 +61,8 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_exactly(synthetic_bin, 
             break
     process.wait()
     assert process.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    # same seed, data and flags on the CPU: identical losses, update by update
+    assert train_losses("".join(seen)) == train_losses(reference)[:8]
     state = load(save_dir / "checkpoint_last.pt")
     iterator = state["extra_state"]["train_iterator"]
     assert state["optimizer_history"][-1]["num_updates"] == 8
