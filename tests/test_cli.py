@@ -121,7 +121,9 @@ def test_generate_without_user_dir_fails_as_readme_documents(trained_compat):
     data, checkpoint, _ = trained_compat
     result = run_cli("fairseq-generate", str(data / "bin"), "--path", str(checkpoint), "--cpu", check=False)
     assert result.returncode != 0
-    error = result.stderr.strip().splitlines()[-1]
+    # torch's safe loading stops first: the plugin that allow-lists fairseq's pickled Namespace is absent
+    error = next(line.strip().split(". Please use")[0] for line in result.stderr.splitlines()
+                 if "WeightsUnpickler error" in line)
     with open(os.path.join(os.path.dirname(USER_DIR), "README.md"), encoding="utf-8") as f:
         readme = f.read()
     assert error in readme, f"README must quote fairseq's error: {error}"
@@ -134,8 +136,8 @@ def test_hub_loader_of_this_package(trained_compat, tmp_path):
     data, checkpoint, _ = trained_compat
     hub = from_pretrained(str(checkpoint.parent), "checkpoint_last.pt", str(data / "bin"))
     assert re.match(r"t\d", hub.translate("s1 s2 s3 s4", beam=2))
-    with pytest.raises(HubLoadError, match=r"no checkpoint .*checkpoint_best.pt; that directory has checkpoint_last.pt"):
-        from_pretrained(str(checkpoint.parent), "checkpoint_best.pt", str(data / "bin"))
+    with pytest.raises(HubLoadError, match=r"no checkpoint .*checkpoint9.pt; that directory has .*checkpoint_last.pt"):
+        from_pretrained(str(checkpoint.parent), "checkpoint9.pt", str(data / "bin"))
     with pytest.raises(HubLoadError, match="no data directory"):
         from_pretrained(str(checkpoint.parent), "checkpoint_last.pt", str(tmp_path / "missing"))
     foreign = tmp_path / "foreign.pt"
