@@ -1,5 +1,7 @@
 """Bad input stops with a message that names the problem and the fix (in-process checks; the
 CLI ones are in test_cli.py, preparation in test_pipeline.py)."""
+import re
+
 import pytest
 import torch
 
@@ -26,7 +28,7 @@ def test_unknown_choices_are_refused_with_the_choices(flags, message, capsys):
         options.parse_args_and_arch(options.get_training_parser(), ["data", "--user-dir", USER_DIR,
                                                                     "--task", "translation", *flags])
     assert exit.value.code == 2
-    assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err)
 
 
 CONFIG = """dataset: multi30k-de-en

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import BIN, TINY, USER_DIR, build_model, random_tokens
+from conftest import TINY, USER_DIR, build_model, random_tokens
 from test_position_encoders import COMBINATIONS, IDS
 
 STEPS = 3

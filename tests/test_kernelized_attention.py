@@ -13,7 +13,7 @@ from floater_fairseq.modules.kernelized_attention import (
     toeplitz_matmul,
 )
 
-from conftest import build_model, random_tokens
+from conftest import build_model
 
 KERNELIZED = ["--encoder-self-attention", "kernelized-rpe", "--decoder-self-attention", "kernelized-rpe"]
 
