@@ -12,5 +12,6 @@ USER_DIR = os.path.dirname(os.path.abspath(__file__))  # what --user-dir must na
 from . import serialization  # noqa: F401  (must run before any checkpoint is loaded)
 from . import checkpoint_safety  # noqa: F401
 from . import models  # noqa: F401
+from . import tasks  # noqa: F401
 
 __version__ = "0.1.0"
