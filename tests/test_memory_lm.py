@@ -156,3 +156,34 @@ def test_cli_preprocess_train_and_eval_lm(tmp_path):
     # random text over 30 words: 8 updates bring it from ~vocabulary size (34) toward ~31
     assert perplexity and 1 < float(perplexity.group(1)) < 2 * 34, out[-2000:]
     assert re.search(r"Evaluated \d+ tokens", out), out[-2000:]
+
+
+def test_short_memory_layers_attention_range_limits_what_they_see():
+    flags = ["--decoder-layers", "1", "--lrm-layers", "0", "--srm-len", "8", "--srm-attention-range", "3"]
+    model, d = memory_model(*flags)
+    text = tokens(d, 8)
+    with torch.no_grad():
+        reference, _ = model(text)
+        edited = text.clone()
+        edited[:, 2] = (edited[:, 2] + 1 - d.nspecial) % (len(d) - d.nspecial) + d.nspecial
+        model.reset_memory()
+        changed, _ = model(edited)
+    moved = (changed - reference).abs().amax(dim=(0, 2)) > 1e-6
+    assert moved.tolist() == [False, False, True, True, True, False, False, False]  # token 2 seen by 2, 3, 4
+
+
+def test_validation_neither_uses_nor_overwrites_the_training_memory():
+    from floater_fairseq.tasks.memory_language_modeling import MemoryLanguageModelingTask
+
+    model, d = memory_model("--lrm-len", "8", "--srm-len", "4")
+    model.train()
+    model(tokens(d, 8))
+    training_memory = model.decoder.memory_state()
+    model.eval()
+    assert all(m is None for m in model.decoder.memory_state())  # evaluation starts without memory
+    with torch.no_grad():
+        model(tokens(d, 8, seed=3))
+    model.train()
+    assert all(torch.equal(a, b) for a, b in zip(model.decoder.memory_state(), training_memory))
+    MemoryLanguageModelingTask._reset_at_start({"id": torch.tensor([0, 0])}, model)  # first batch of a pass
+    assert all(m is None for m in model.decoder.memory_state())
