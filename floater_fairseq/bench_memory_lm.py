@@ -4,8 +4,10 @@ Trains equal-size memory_transformer_lm models (same parameters; only the memory
 with fairseq-train and scores them with fairseq-eval-lm, on
   * a real English corpus: one sentence per line, run together as one stream (default the English
     side of Multi30k: --multi30k-raw DIR with train.en.gz / val.en.gz), and
-  * a generated text with long-range repeats: random 24-token passages, each repeated once 96-160
-    tokens later, i.e. beyond the 32-token segment, so only memory can predict a repeat.
+  * a generated text with long-range repeats: random 24-token passages, each repeated once at the
+    first passage boundary at least 64-96 tokens after it ends (the repeated tokens lie 88-143
+    tokens back: beyond the 32-token segment, mostly within the 128-token long memory), so only
+    memory can predict a repeat.
 Rows: long-range memory in all layers, in 1/6 of the layers (interleaved, last, first; short
 memory elsewhere), and no memory. Prints validation perplexity, memory state per stream
 (floats) and training tokens/s, and writes results.json / results.md.
@@ -37,7 +39,8 @@ ROWS = {  # name: memory flags
 
 
 def repeats_text(tokens: int, seed: int, vocabulary: int = 500):
-    """Lines of random words where every 24-word passage comes back once, 96-160 words later."""
+    """Lines of random words where every 24-word passage comes back once, at the first passage
+    boundary at least 64-96 words after it ends."""
     rng = random.Random(seed)
     words, pending = [], []
     while len(words) < tokens:
@@ -48,7 +51,7 @@ def repeats_text(tokens: int, seed: int, vocabulary: int = 500):
         else:
             passage = [f"w{rng.randrange(vocabulary)}" for _ in range(24)]
             words.extend(passage)
-            pending.append((len(words) + rng.randrange(96, 161), passage))
+            pending.append((len(words) + rng.randrange(64, 97), passage))
     return [" ".join(words[i:i + 12]) for i in range(0, tokens, 12)]
 
 
