@@ -210,7 +210,7 @@ def test_alibi_with_kernelized_attention_is_refused_with_the_fix():
         build_model(extra=["--pos-encoder", "alibi", *KERNELIZED])
 
 
-def test_kernelized_model_is_finite_in_half_precision_inputs():
+def test_bfloat16_inputs_are_computed_in_fp32_and_stay_finite():
     attention = module(causal=False)
     x = torch.randn(5, 2, 16)
     out32 = kernelized_rpe_attention(*(t.view(5, 2, 2, 8).permute(1, 2, 0, 3) for t in (x, x, x)),
