@@ -143,7 +143,7 @@ def main(argv=None):
                                                    "memory_floats_per_stream": memory_floats(ROWS[row], args)}
             print(corpus, row, results[corpus][row], flush=True)
 
-    lines = [f"| corpus | row | valid perplexity | memory per stream (floats) | train words/s |", "|---|---|---|---|---|"]
+    lines = ["| corpus | row | valid perplexity | memory per stream (floats) | train words/s |", "|---|---|---|---|---|"]
     for corpus, by_row in results.items():
         for row, r in by_row.items():
             lines.append(f"| {corpus} | {row} | {r['perplexity']:.2f} | {r['memory_floats_per_stream']} | "
