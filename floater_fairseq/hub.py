@@ -7,9 +7,10 @@
     model.translate("Ein Hund rennt durch den Schnee .", beam=5)
 
 fairseq's own ``TransformerModel.from_pretrained`` works too, but only with
-``user_dir=".../floater_fairseq"``: without it fairseq does not know the model and stops with a
-KeyError on 'floater_transformer' (see README). This loader imports the plugin first and turns
-the usual mistakes into messages that name the file and the fix.
+``user_dir=".../floater_fairseq"``: without it torch's safe loader refuses the checkpoint's
+pickled argparse.Namespace before fairseq sees the model (README quotes the error). This loader
+imports the plugin first and turns the usual mistakes into messages that name the file and the
+fix. It reads the checkpoint's architecture memory-mapped (no full load) before fairseq loads it.
 """
 import os
 
