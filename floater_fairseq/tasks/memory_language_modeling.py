@@ -3,7 +3,8 @@
 The token stream of a split (fairseq-preprocess --only-source output) is cut into --batch-size
 contiguous streams (per data-parallel rank); batch i holds segment i of every stream
 ([streams, --tokens-per-sample]), in order and never shuffled, so row r of consecutive batches
-continues the same text and a model's memory carries over between batches. The first batch of
+continues the same text and a model's memory carries over between batches (segments that would
+not fill every stream, at most streams x ranks - 1 of them, are dropped). The first batch of
 every pass (each training epoch, each validation split) resets the model's memory.
 """
 import logging
