@@ -7,9 +7,17 @@ safe loading stays on (never TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
 import argparse
 import collections
 
+import numpy
 import torch
 
-SAFE_CHECKPOINT_TYPES = [argparse.Namespace, collections.defaultdict, collections.OrderedDict]
+# numpy: with --eval-bleu, fairseq's meters (saved in extra_state["metrics"]) hold numpy arrays of
+# BLEU n-gram counts; numeric arrays rebuild from these names (object arrays stay refused).
+_NUMPY_MULTIARRAY = getattr(numpy, "_core", None) or numpy.core
+SAFE_CHECKPOINT_TYPES = [
+    argparse.Namespace, collections.defaultdict, collections.OrderedDict,
+    _NUMPY_MULTIARRAY.multiarray._reconstruct, numpy.ndarray, numpy.dtype,
+    *{type(numpy.dtype(name)) for name in ("int64", "int32", "float64", "float32")},
+]
 
 
 def allow_fairseq_checkpoint_types():

@@ -26,6 +26,7 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 
 @register_position_encoder("alibi")
 class ALiBiPositionEncoder(PositionEncoder):
+    acts_in_attention = True
     supported_blocks = ("all",)
 
     def __init__(self, args, num_layers):

@@ -7,7 +7,8 @@ their initial values. Because h acts on each d-vector independently, all K traje
 stacked into one [K, d] state and integrated by a single torchdiffeq ``odeint`` call.
 """
 import contextlib
-from typing import Optional
+import contextvars
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -66,10 +67,13 @@ class FloaterPositionSignal(nn.Module):
 
     Training (grad enabled): solved afresh on every call, exact gradients on every step, and only
     as far as the longest sequence asks. Inside ``shared_solution(n)`` one solve serves every
-    caller (encoder and decoder of one forward pass).
+    caller (encoder and decoder of one forward pass; bound in a context variable, per call).
     Inference (grad disabled): the solution is cached and extended lazily by continuing the
     integration from the last cached point, so there is no maximum length. The cache is a plain
-    attribute (never in the state dict) and is dropped as soon as any parameter changes.
+    attribute (never in the state dict), valid only while the parameters hold exactly the values
+    it was solved from: it keeps a copy of them and compares contents, so it does not matter who
+    wrote them (optimizers writing ``p.data``, fp16/bf16 master copies, load_state_dict, EMA,
+    ``.to()``).
     """
 
     def __init__(
@@ -110,8 +114,8 @@ class FloaterPositionSignal(nn.Module):
         if initial_value_std > 0:
             nn.init.normal_(self.initial_values, std=initial_value_std)
         self._cache: Optional[torch.Tensor] = None
-        self._cache_key = None
-        self._shared: Optional[torch.Tensor] = None
+        self._cache_parameters: Optional[List[torch.Tensor]] = None  # the values it was solved from
+        self._shared = contextvars.ContextVar(f"floater_shared_solution_{id(self)}", default=None)
         self.num_solves = 0
 
     @property
@@ -161,14 +165,19 @@ class FloaterPositionSignal(nn.Module):
         # Never integrate in fp16/bf16: the state would drift within a few hundred steps.
         return torch.float64 if self.initial_values.dtype == torch.float64 else torch.float32
 
-    def _parameter_key(self):
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+    def _cache_is_current(self) -> bool:
+        if self._cache_parameters is None:
+            return False
+        return all(
+            p.dtype == c.dtype and p.device == c.device and p.shape == c.shape and torch.equal(p, c)
+            for p, c in zip(self.parameters(), self._cache_parameters)
+        )
 
     def _cached_table(self, length: int) -> torch.Tensor:
-        key = self._parameter_key()
-        if self._cache is None or self._cache_key != key:
-            self._cache, self._cache_key = None, key
+        if self._cache is None or not self._cache_is_current():
+            self._cache = self._cache_parameters = None
             self._cache = self.solve(length)
+            self._cache_parameters = [p.detach().clone() for p in self.parameters()]
         elif self._cache.size(0) < length:
             # Grow geometrically so that a stream of ever longer inputs costs O(n) in total.
             new_length = max(length, 2 * self._cache.size(0))
@@ -181,8 +190,9 @@ class FloaterPositionSignal(nn.Module):
         """p_k(t_i) for i < length, all k: [length, K, d] in ``ode_dtype``."""
         if length < 1:
             raise ValueError(f"FLOATER: cannot encode an empty sequence (length {length})")
-        if self._shared is not None and self._shared.size(0) >= length:
-            return self._shared[:length]
+        shared = self._shared.get()
+        if shared is not None and shared.size(0) >= length:
+            return shared[:length]
         if torch.is_grad_enabled():
             return self.solve(length)
         return self._cached_table(length)
@@ -190,17 +200,22 @@ class FloaterPositionSignal(nn.Module):
     @contextlib.contextmanager
     def shared_solution(self, length: int):
         """One odeint call for everything that asks for <= length positions inside the block."""
-        previous, self._shared = self._shared, self.table(length)
+        table = self.table(length)
+        token = self._shared.set(table)
         try:
-            yield self._shared
+            yield table
         finally:
-            self._shared = previous
+            self._shared.reset(token)
 
     def __getstate__(self):
-        # Caches are derived data: never pickle or deep-copy them.
+        # Caches are derived data: never pickle or deep-copy them (nor the context variable).
         state = dict(self.__dict__)
-        state["_cache"] = state["_cache_key"] = state["_shared"] = None
+        state["_cache"] = state["_cache_parameters"] = state["_shared"] = None
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._shared = contextvars.ContextVar(f"floater_shared_solution_{id(self)}", default=None)
 
 
 def _fp32_autocast_off(device: torch.device):
@@ -276,6 +291,10 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
         cfg.no_token_positional_embeddings = args.pos_blocks == "input"
 
     uses_source_positions = True  # cross-attention k/v biases
+
+    @property
+    def acts_in_attention(self):
+        return self.blocks == "all"
 
     def solving(self, length):
         return self.signal.shared_solution(length)

@@ -293,7 +293,8 @@ class KernelizedRPEAttention(PositionAwareAttention):
     def forward(self, query, key=None, value=None, key_padding_mask=None, incremental_state=None,
                 need_weights=True, static_kv=False, attn_mask=None, before_softmax=False,
                 need_head_weights=False) -> Tuple[Tensor, Optional[Tensor]]:
-        if self.logit_bias is not None:
+        positions = self.current_positions()
+        if positions is not None and positions.logit_bias is not None:
             raise RuntimeError("kernelized-rpe attention has no explicit logits for a logit bias "
                                "(ALiBi); it has its own relative bias: use --pos-encoder none")
         if before_softmax:

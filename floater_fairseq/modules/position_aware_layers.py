@@ -1,18 +1,29 @@
-"""fairseq Transformer layers with per-call position hooks, shared by every position encoder.
+"""fairseq Transformer layers with per-call position inputs, shared by every position encoder.
 
 A position encoder never edits fairseq's code: for each forward call of the encoder or decoder it
-returns one ``LayerPositions`` per layer, which ``applying`` sets on these layers and clears after:
+returns one ``LayerPositions`` per layer:
 
 * ``input``            added to the block input, x^(n) + p^(n)                      (Eqs. 7, 10)
 * attention ``q/k/v``  additive projection biases, q_i = W_q x_i + b_q + b^(n)(t_i) (Eqs. 11-13)
-* attention ``rotation``  rotary q/k (RoPE), applied per head after the projection
+* attention ``cos/sin``  rotary q/k (RoPE), applied per head after the projection
 * attention ``logit_bias``  added to the attention logits per head (ALiBi)
 
-Parameter names equal fairseq's, so vanilla checkpoints load unchanged (exact warm start).
+Per-call data travels with the call, never as module attributes:
+
+1. ``applying(layers, positions)`` binds each layer's positions in a context variable for the
+   duration of one encoder/decoder call (fairseq's own layer loop runs unchanged inside it);
+2. each layer's ``__call__`` passes its positions to its ``forward`` as keyword *tensor arguments*,
+   so fairseq's ``checkpoint_wrapper`` saves them with the other inputs, hands them back when it
+   re-runs the layer during backward, and returns their gradients;
+3. the layer's ``forward`` binds them for the attention modules that fairseq's layer code calls.
+
+Context variables are per thread and per re-entrant call; a re-run during backward rebuilds them
+from the arguments. Parameter names equal fairseq's, so vanilla checkpoints load unchanged.
 """
 import contextlib
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+import contextvars
+from dataclasses import dataclass, fields
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +33,8 @@ from fairseq.modules import MultiheadAttention
 from fairseq.modules.rotary_positional_embedding import rotate_half
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 
+ARGUMENT_PREFIX = "position_"
+
 
 @dataclass
 class AttentionPositions:
@@ -30,7 +43,8 @@ class AttentionPositions:
     q: Optional[Tensor] = None  # [T, B|1, d] added to W_q x
     k: Optional[Tensor] = None  # [S, B|1, d]
     v: Optional[Tensor] = None  # [S, B|1, d]
-    rotation: Optional[Tuple[Tensor, Tensor]] = None  # (cos, sin) [T, B|1, head_dim] for q and k
+    cos: Optional[Tensor] = None  # rotary q/k: cos and sin [T, B|1, head_dim]
+    sin: Optional[Tensor] = None
     logit_bias: Optional[Tensor] = None  # [heads, T, S] added to q.k / sqrt(d)
 
 
@@ -40,16 +54,53 @@ class LayerPositions:
     self_attention: Optional[AttentionPositions] = None
     cross_attention: Optional[AttentionPositions] = None
 
-
-class PositionAwareProjection(nn.Linear):
-    """nn.Linear whose output can get, for one call, an additive per-position bias and/or a rotary
-    rotation of each head. Same parameter names as nn.Linear."""
-
-    position_bias: Optional[Tensor] = None
-    rotation: Optional[Tuple[Tensor, Tensor]] = None
+    def as_arguments(self) -> Dict[str, Tensor]:
+        """The tensors as flat keyword arguments (what a checkpoint wrapper can save and return
+        gradients for): position_input, position_self_attention_q, ..."""
+        arguments = {} if self.input is None else {ARGUMENT_PREFIX + "input": self.input}
+        for part in ("self_attention", "cross_attention"):
+            attention = getattr(self, part)
+            for field in fields(AttentionPositions) if attention is not None else ():
+                value = getattr(attention, field.name)
+                if value is not None:
+                    arguments[f"{ARGUMENT_PREFIX}{part}_{field.name}"] = value
+        return arguments
 
     @classmethod
-    def replacing(cls, linear: nn.Linear) -> "PositionAwareProjection":
+    def from_arguments(cls, kwargs: dict) -> "LayerPositions":
+        """Inverse of ``as_arguments``; removes the position arguments from ``kwargs``."""
+        names = [name for name in kwargs if name.startswith(ARGUMENT_PREFIX)]
+        values = {name[len(ARGUMENT_PREFIX):]: kwargs.pop(name) for name in names}
+        positions = cls(input=values.pop("input", None))
+        for part in ("self_attention", "cross_attention"):
+            found = {f.name: values.pop(f"{part}_{f.name}") for f in fields(AttentionPositions)
+                     if f"{part}_{f.name}" in values}
+            if found:
+                setattr(positions, part, AttentionPositions(**found))
+        if values:
+            raise TypeError(f"unknown position arguments: {sorted(values)}")
+        return positions
+
+
+# The positions of each layer of the running encoder/decoder call, and of the running layer.
+_STACK_POSITIONS: contextvars.ContextVar = contextvars.ContextVar("stack_positions", default=None)
+_LAYER_POSITIONS: contextvars.ContextVar = contextvars.ContextVar("layer_positions", default=None)
+
+
+def _attention_positions(encoder_decoder_attention: bool) -> Optional[AttentionPositions]:
+    layer = _LAYER_POSITIONS.get()
+    if layer is None:
+        return None
+    return layer.cross_attention if encoder_decoder_attention else layer.self_attention
+
+
+class PositionAwareProjection(nn.Linear):
+    """nn.Linear (``role`` q, k or v of an attention module) whose output gets, during a layer call
+    that carries them, an additive per-position bias and/or a rotary rotation of each head. Same
+    parameter names as nn.Linear."""
+
+    @classmethod
+    def replacing(cls, linear: nn.Linear, role: str, encoder_decoder_attention: bool) -> "PositionAwareProjection":
         if linear._forward_hooks or linear._forward_pre_hooks:
             raise ValueError(
                 "position hooks cannot be added to a projection with hooks "
@@ -60,15 +111,20 @@ class PositionAwareProjection(nn.Linear):
         module.in_features, module.out_features = linear.in_features, linear.out_features
         module.weight = linear.weight  # the same Parameter objects: nothing is copied
         module.bias = linear.bias
+        module.role, module.encoder_decoder_attention = role, encoder_decoder_attention
         return module
 
     def forward(self, x: Tensor) -> Tensor:
         out = super().forward(x)
-        if self.position_bias is not None:
-            _check_length(self.position_bias, out)
-            out = out + self.position_bias
-        if self.rotation is not None:
-            cos, sin = self.rotation
+        positions = _attention_positions(self.encoder_decoder_attention)
+        if positions is None:
+            return out
+        bias = getattr(positions, self.role)
+        if bias is not None:
+            _check_length(bias, out)
+            out = out + bias
+        if positions.cos is not None and self.role != "v":
+            cos, sin = positions.cos, positions.sin
             _check_length(cos, out)
             heads = out.view(out.size(0), out.size(1), -1, cos.size(-1))  # [T, B, H, head_dim]
             cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
@@ -85,52 +141,53 @@ def _check_length(position_input: Tensor, out: Tensor):
 
 
 class PositionAwareAttention(MultiheadAttention):
-    """fairseq MultiheadAttention with the hooks of ``AttentionPositions``. Without positions set
-    it takes fairseq's own (fused) path; with them, the Python path that calls q/k/v_proj and
-    ``apply_sparse_mask`` (fairseq's hook on the attention logits)."""
+    """fairseq MultiheadAttention whose q/k/v projections and logits take the running layer's
+    ``AttentionPositions``. ``use_position_hooks()`` (called once, by position encoders that act
+    inside attention) selects fairseq's Python path, which calls q/k/v_proj and
+    ``apply_sparse_mask`` (fairseq's hook on the attention logits); otherwise fairseq's fused path
+    is kept."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for name in ("q_proj", "k_proj", "v_proj"):
-            setattr(self, name, PositionAwareProjection.replacing(getattr(self, name)))
-        self._skip_embed_dim_check_default = self.skip_embed_dim_check
-        self.logit_bias: Optional[Tensor] = None
+            setattr(self, name, PositionAwareProjection.replacing(
+                getattr(self, name), name[0], self.encoder_decoder_attention))
 
-    def set_positions(self, positions: Optional[AttentionPositions]):
-        positions = positions or AttentionPositions()
-        self.q_proj.position_bias, self.k_proj.position_bias, self.v_proj.position_bias = (
-            positions.q, positions.k, positions.v)
-        self.q_proj.rotation = self.k_proj.rotation = positions.rotation
-        self.logit_bias = positions.logit_bias
-        hooked = any(x is not None for x in (positions.q, positions.k, positions.v, positions.rotation,
-                                             positions.logit_bias))
+    def use_position_hooks(self):
         # fairseq's fused path hands the projection *weights* to F.multi_head_attention_forward and
         # would skip the hooks; this switch (meant for pruning) selects the Python path.
-        self.skip_embed_dim_check = self._skip_embed_dim_check_default or hooked
+        self.skip_embed_dim_check = True
+
+    def current_positions(self) -> Optional[AttentionPositions]:
+        return _attention_positions(self.encoder_decoder_attention)
 
     def apply_sparse_mask(self, attn_weights: Tensor, tgt_len: int, src_len: int, bsz: int) -> Tensor:
-        if self.logit_bias is None:
+        positions = self.current_positions()
+        if positions is None or positions.logit_bias is None:
             return attn_weights
-        bias = self.logit_bias[:, -tgt_len:, -src_len:].to(attn_weights.dtype)
+        bias = positions.logit_bias[:, -tgt_len:, -src_len:].to(attn_weights.dtype)
         return (attn_weights.view(bsz, self.num_heads, tgt_len, src_len) + bias).view_as(attn_weights)
 
 
 class _LayerPositionHooks:
-    """What both layer kinds do with their LayerPositions (set per call, cleared after)."""
+    """What both layer kinds do with their LayerPositions: take them as keyword arguments, add the
+    block-input signal, and bind the rest for the layer's attention modules."""
 
-    input_signal: Optional[Tensor] = None
-
-    def set_positions(self, positions: Optional[LayerPositions]):
-        positions = positions or LayerPositions()
-        self.input_signal = positions.input
-        self.self_attn.set_positions(positions.self_attention)
-        if getattr(self, "encoder_attn", None) is not None:
-            self.encoder_attn.set_positions(positions.cross_attention)
+    def __call__(self, *args, **kwargs):
+        bound = _STACK_POSITIONS.get()
+        if bound is not None and self in bound:
+            kwargs.update(bound[self].as_arguments())
+        return super().__call__(*args, **kwargs)
 
     def forward(self, x, *args, **kwargs):
-        if self.input_signal is not None:
-            x = x + self.input_signal
-        return super().forward(x, *args, **kwargs)
+        positions = LayerPositions.from_arguments(kwargs)
+        if positions.input is not None:
+            x = x + positions.input
+        token = _LAYER_POSITIONS.set(positions)
+        try:
+            return super().forward(x, *args, **kwargs)
+        finally:
+            _LAYER_POSITIONS.reset(token)
 
 
 def _self_attention_class(cfg):
@@ -175,19 +232,17 @@ class PositionAwareDecoderLayer(_LayerPositionHooks, TransformerDecoderLayerBase
 
 @contextlib.contextmanager
 def applying(layers: Sequence[nn.Module], positions: Optional[List[LayerPositions]]):
-    """Set ``positions`` (one per layer) for the duration of one encoder/decoder call."""
+    """Bind ``positions`` (one per layer) for the duration of one encoder/decoder call."""
     if positions is None:
         yield
         return
     if len(positions) != len(layers):
         raise RuntimeError(f"got positions for {len(positions)} layers, the stack has {len(layers)}")
+    token = _STACK_POSITIONS.set(dict(zip(layers, positions)))
     try:
-        for layer, layer_positions in zip(layers, positions):
-            layer.set_positions(layer_positions)
         yield
     finally:
-        for layer in layers:
-            layer.set_positions(None)
+        _STACK_POSITIONS.reset(token)
 
 
 # --- real-token positions ------------------------------------------------------------------------

@@ -13,7 +13,14 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from .position_aware_layers import LayerPositions, PositionIndex, position_index, real_token_positions, rows_at
+from .position_aware_layers import (
+    LayerPositions,
+    PositionAwareAttention,
+    PositionIndex,
+    position_index,
+    real_token_positions,
+    rows_at,
+)
 
 SIDES = ("encoder", "decoder")
 UNBOUNDED_POSITIONS = sys.maxsize // 2
@@ -66,6 +73,7 @@ class PositionEncoder(nn.Module):
       add_args / set_defaults  -- their flags (defaults only via getattr)
       configure(cfg)           -- fairseq's own input embedding for this encoder
       install(model)           -- after fairseq has built the model (e.g. own input embedding)
+      acts_in_attention        -- True if layer_positions sets attention inputs (q/k/v, rotary, logits)
       max_positions(side)      -- None when any length can be encoded
       solving(length)          -- context shared by one model forward (FLOATER: one ODE solve)
       layer_positions(call)    -- per-layer LayerPositions for one call, or None
@@ -75,6 +83,7 @@ class PositionEncoder(nn.Module):
     name = "none"
     supported_blocks = ("all", "input")
     uses_source_positions = False  # does the decoder need the source positions (cross-attention)?
+    acts_in_attention = False  # does it set q/k/v biases, rotations or logit biases?
 
     def __init__(self, args, num_layers: Dict[str, int]):
         super().__init__()
@@ -102,6 +111,10 @@ class PositionEncoder(nn.Module):
 
     def install(self, model):
         self._coders = {"encoder": model.encoder, "decoder": model.decoder}  # not registered: no cycle
+        if self.acts_in_attention:
+            for module in model.modules():
+                if isinstance(module, PositionAwareAttention):
+                    module.use_position_hooks()
 
     def max_positions(self, side: str) -> Optional[int]:
         return None

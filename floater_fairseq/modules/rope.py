@@ -15,6 +15,7 @@ from .position_encoder import PositionEncoder, register_position_encoder
 
 @register_position_encoder("rope")
 class RotaryPositionEncoder(PositionEncoder):
+    acts_in_attention = True
     supported_blocks = ("all",)
 
     def __init__(self, args, num_layers):
@@ -49,7 +50,7 @@ class RotaryPositionEncoder(PositionEncoder):
     def layer_positions(self, call):
         device = call.index.device if torch.is_tensor(call.index) else None
         cos, sin = self.rotation(call.index, self.head_dims[call.side], device)
-        attention = AttentionPositions(rotation=(cos.to(call.dtype), sin.to(call.dtype)))
+        attention = AttentionPositions(cos=cos.to(call.dtype), sin=sin.to(call.dtype))
         return [LayerPositions(self_attention=attention) for _ in range(self.num_layers[call.side])]
 
     def extra_repr(self):
