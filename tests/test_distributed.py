@@ -3,8 +3,9 @@
 * every encoder of the laboratory under torch's DistributedDataParallel -- the class fairseq's
   c10d backend wraps models in -- with find_unused_parameters=False: a parameter that misses a
   gradient in any step would stop it; after the steps both ranks hold identical parameters;
-* fairseq-train itself under torchrun with --distributed-world-size 2: world size 2 reported,
-  identical parameters on both ranks at every checkpoint.
+* fairseq-train itself with --distributed-world-size 2 (--ddp-backend legacy_ddp): world size 2
+  reported, identical parameters on both ranks at every checkpoint, and the valid loss logged
+  during training equals a fresh validation of the saved checkpoint.
 """
 import os
 import re
@@ -19,6 +20,7 @@ import torch.multiprocessing as mp
 
 from conftest import TINY, USER_DIR, build_model, random_tokens
 from test_position_encoders import COMBINATIONS, IDS
+from test_training_paths import fresh_validate
 
 STEPS = 3
 # fairseq 0.12's c10d backend passes device_ids=[rank's GPU] to torch's DDP, which refuses CPU
@@ -112,7 +114,7 @@ def test_fairseq_train_with_two_processes(synthetic_bin, tmp_path):
              "--ddp-backend", DDP_BACKEND, "--optimizer", "adam", "--lr", "0.003", "--lr-scheduler",
              "inverse_sqrt", "--warmup-updates", "4", "--max-tokens", "300", "--criterion",
              "label_smoothed_cross_entropy", "--max-update", "6", "--save-interval-updates", "3",
-             "--no-epoch-checkpoints", "--disable-validation", "--no-progress-bar", "--log-interval", "1",
+             "--validate-interval-updates", "3", "--floater-init-std", "0.3", "--no-epoch-checkpoints", "--no-progress-bar", "--log-interval", "1",
              "--seed", "1", *TINY]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ranks = [subprocess.Popen([sys.executable, str(driver), *flags, "--distributed-rank", str(rank)],
@@ -128,3 +130,7 @@ def test_fairseq_train_with_two_processes(synthetic_bin, tmp_path):
             assert torch.equal(params[0][name], params[1][name]), (update, name)
     state = torch.load(save_dir / "checkpoint_last.pt", weights_only=True)
     assert state["optimizer_history"][-1]["num_updates"] == 6
+    # the valid loss both ranks computed on their shards (what checkpoint_best acts on) is the
+    # checkpoint's own, validated afresh in one process (loss sums reduced in another order)
+    fresh = fresh_validate(synthetic_bin, save_dir / "checkpoint_last.pt")
+    assert abs(state["extra_state"]["val_loss"] - fresh["valid_loss"]) <= 1e-3, (state["extra_state"], fresh)

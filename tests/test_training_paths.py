@@ -42,13 +42,17 @@ OPTIONS = {
     "checkpoint-activations": ["--checkpoint-activations"],
     "offload-activations": ["--offload-activations"],
     "store-ema": ["--store-ema", "--ema-decay", "0.9", "--ema-start-update", "2"],
+    "memory-efficient-fp16": ["--memory-efficient-fp16"],  # fp16 weights written in place on CPU
+    "amp": ["--amp"],
 }
+# Measured with fairseq 0.12.3.1 / torch 2.13 on CPU (README lists them with the matrix):
 NOT_ON_CPU = {
-    "--ddp-backend c10d": "fairseq 0.12 hands GPU device ids to DistributedDataParallel and its torchrun "
-                          "path divides ranks by the GPU count: it cannot run on CPU processes",
-    "--fp16 / --memory-efficient-fp16": "fairseq 0.12 requires CUDA for fp16 training (no CPU half kernels)",
-    "--bf16 / --memory-efficient-bf16": "fairseq 0.12 allows bf16 only on TPU or CUDA (its Trainer moves "
-                                        "the model with .cuda() / refuses without a device)",
+    "--ddp-backend c10d": "fairseq hands GPU device ids to DistributedDataParallel and its torchrun path "
+                          "divides ranks by the GPU count",
+    "--fp16": "FP16Optimizer builds its fp32 master copies with .cuda(): 'Torch not compiled with CUDA "
+              "enabled'",
+    "--bf16 / --memory-efficient-bf16": "fairseq's --bf16 implies --tpu: 'NoneType' object has no attribute "
+                                        "'xla_device' without torch_xla",
 }
 
 TRAIN = [
@@ -91,8 +95,12 @@ def _capturing(fn, *args):
 
 def fairseq_train(data, save_dir, *flags):
     """Run fairseq-train in this process; returns the stats it logged."""
+    from fairseq import checkpoint_utils
     from fairseq_cli import train
 
+    # fairseq keeps the best validation score on the function object: a new run must not inherit it
+    if hasattr(checkpoint_utils.save_checkpoint, "best"):
+        del checkpoint_utils.save_checkpoint.best
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [str(data / "bin"), "--save-dir", str(save_dir), *TRAIN, *flags])
     return _capturing(train.main, convert_namespace_to_omegaconf(args))
