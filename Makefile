@@ -27,10 +27,10 @@ test: venv
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: venv
-	$(PY) -m floater_fairseq.demo
+	$(PY) -m floater_fairseq.cli.demo
 
 demo-quick: venv
-	$(PY) -m floater_fairseq.demo --quick
+	$(PY) -m floater_fairseq.cli.demo --quick
 
 bench-speed: venv
 	bash scripts/bench-speed.sh

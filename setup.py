@@ -18,5 +18,11 @@ setup(
         "matplotlib",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "hypothesis"]},
+    # thin entry points over floater_fairseq.cli (also: python -m floater_fairseq.cli.NAME)
+    entry_points={"console_scripts": [
+        f"floater-{name.replace('_', '-')}=floater_fairseq.cli.{name}:main"
+        for name in ("prepare", "experiment", "analyze_positions", "analyze_trajectories", "migrate",
+                     "average_checkpoints", "demo", "length_buckets", "synthetic")
+    ]},
 )

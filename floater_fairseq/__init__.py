@@ -1,17 +1,20 @@
 """floater_fairseq: FLOATER (Neural-ODE position encoding) and other position encoders for fairseq.
 
 Use as a plugin: ``fairseq-train --user-dir floater_fairseq --arch floater_transformer_... ``.
-Importing this package registers every model and architecture, allow-lists the types that
-fairseq 0.12 checkpoints pickle, so they load under torch's safe loading, and makes fairseq's
-checkpoint copies atomic (checkpoint_safety), so a killed run never leaves a truncated checkpoint.
+Importing this package registers every model, architecture, task and position encoder, and
+installs the fairseq/torch shims listed in ``compat`` (checkpoint types allow-listed for torch's
+safe loading; atomic checkpoint copies). Nothing else is changed in fairseq or torch. The
+command-line tools live in ``floater_fairseq.cli`` and are not imported here.
 """
 import os
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))  # what --user-dir must name
 
-from . import serialization  # noqa: F401  (must run before any checkpoint is loaded)
-from . import checkpoint_safety  # noqa: F401
-from . import models  # noqa: F401
-from . import tasks  # noqa: F401
+from . import compat
+
+compat.install()  # before any checkpoint is loaded: see compat.py for each shim and why
+
+from . import models  # noqa: F401,E402  (registers the models and their architectures)
+from . import tasks  # noqa: F401,E402  (registers the tasks)
 
 __version__ = "0.1.0"

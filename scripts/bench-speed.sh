@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-exec "$PY" -m floater_fairseq.bench_speed "$@"
+exec "$PY" -m benchmarks.bench_speed "$@"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # usage: scripts/train.sh CONFIG [extra fairseq-train flags]
-# See python -m floater_fairseq.experiment --help.
+# See python -m floater_fairseq.cli.experiment --help.
 set -euo pipefail
 if [ $# -lt 1 ]; then echo "usage: $0 CONFIG [extra fairseq-train flags]" >&2; exit 2; fi
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-$( [ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || echo python3 )}"
-exec "$PYTHON" -m floater_fairseq.experiment train "$@"
+exec "$PYTHON" -m floater_fairseq.cli.experiment train "$@"

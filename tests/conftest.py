@@ -81,7 +81,7 @@ def run_cli(tool, *args, cwd=None, check=True):
 @pytest.fixture(scope="session")
 def synthetic_bin(tmp_path_factory):
     """Tiny synthetic parallel text, binarized with fairseq-preprocess (once per session)."""
-    from floater_fairseq.synthetic import make_pairs, write_split
+    from floater_fairseq.cli.synthetic import make_pairs, write_split
 
     root = tmp_path_factory.mktemp("synthetic")
     raw = root / "raw"

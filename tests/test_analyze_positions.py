@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from floater_fairseq.analyze_positions import analyse, correlation_profile, distance_preservation, main, stable_rank
+from floater_fairseq.cli.analyze_positions import analyse, correlation_profile, distance_preservation, main, stable_rank
 
 
 def test_identity_has_full_stable_rank_and_no_correlation_between_positions():

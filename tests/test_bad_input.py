@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fairseq import options
-from floater_fairseq.experiment import main as experiment_main
-from floater_fairseq.experiment_config import ConfigError, check_train_flags, load
+from floater_fairseq.cli.experiment import main as experiment_main
+from floater_fairseq.cli.experiment_config import ConfigError, check_train_flags, load
 from floater_fairseq.models.floater_transformer import CheckpointMismatchError
 from floater_fairseq.modules.floater import FloaterNumericalError
 

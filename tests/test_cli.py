@@ -170,7 +170,7 @@ def test_migrated_vanilla_checkpoint_gives_the_same_log_probabilities(synthetic_
 
     vanilla = vanilla_checkpoint
     migrated = tmp_path / "floater_init.pt"
-    run_cli("python", "-m", "floater_fairseq.migrate", str(vanilla), str(migrated))
+    run_cli("python", "-m", "floater_fairseq.cli.migrate", str(vanilla), str(migrated))
     losses = []
     for path in (vanilla, migrated):
         out = run_cli("fairseq-validate", str(synthetic_bin / "bin"), "--user-dir", USER_DIR, "--path", str(path),
@@ -195,16 +195,16 @@ def test_migrated_vanilla_checkpoint_gives_the_same_log_probabilities(synthetic_
 def test_migrate_refuses_bad_input_and_writes_nothing(trained, tmp_path):
     _, floater_checkpoint, _ = trained
     out = tmp_path / "out.pt"
-    result = run_cli("python", "-m", "floater_fairseq.migrate", str(floater_checkpoint), str(out), check=False)
+    result = run_cli("python", "-m", "floater_fairseq.cli.migrate", str(floater_checkpoint), str(out), check=False)
     assert result.returncode == 2 and "not one of fairseq's transformer" in result.stderr
     assert not out.exists()
-    result = run_cli("python", "-m", "floater_fairseq.migrate", str(tmp_path / "missing.pt"), str(out), check=False)
+    result = run_cli("python", "-m", "floater_fairseq.cli.migrate", str(tmp_path / "missing.pt"), str(out), check=False)
     assert result.returncode == 2 and "no such checkpoint" in result.stderr and not out.exists()
 
 
 def test_migrate_refuses_mismatched_arch(vanilla_checkpoint, tmp_path):
     out = tmp_path / "out.pt"
-    result = run_cli("python", "-m", "floater_fairseq.migrate", str(vanilla_checkpoint),
+    result = run_cli("python", "-m", "floater_fairseq.cli.migrate", str(vanilla_checkpoint),
                      str(out), "--arch", "floater_transformer_wmt_en_de", check=False)
     assert result.returncode == 2 and "encoder_embed_dim: checkpoint 16 vs floater_transformer_wmt_en_de 512" in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".migrate-*"))
@@ -242,7 +242,7 @@ def test_kernelized_rpe_attention_trains_and_generates_through_the_cli(synthetic
 
 def test_analyze_positions_on_a_trained_checkpoint(trained_compat, tmp_path):
     _, checkpoint, _ = trained_compat
-    result = run_cli("python", "-m", "floater_fairseq.analyze_positions", str(checkpoint), "--positions", "40",
+    result = run_cli("python", "-m", "floater_fairseq.cli.analyze_positions", str(checkpoint), "--positions", "40",
                      "--out-dir", str(tmp_path))
     rows = re.findall(r"^(encoder|decoder) block (\d) (self|cross) ([qkv]) +([0-9.]+) +([0-9.]+)", result.stdout, re.M)
     assert len(rows) == 3 * 2 + 6 * 2  # every trajectory of the tiny model (2 + 2 layers)

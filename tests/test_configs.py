@@ -6,7 +6,7 @@ import os
 import pytest
 
 from fairseq import options
-from floater_fairseq.experiment_config import ConfigError, load, main, train_args
+from floater_fairseq.cli.experiment_config import ConfigError, load, main, train_args
 
 from conftest import REPO, USER_DIR, build_model
 

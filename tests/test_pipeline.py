@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from floater_fairseq.synthetic import make_pairs
+from floater_fairseq.cli.synthetic import make_pairs
 
 from conftest import REPO, TINY
 
@@ -119,7 +119,7 @@ def table_run(prepared):
 
 def test_table_trains_warm_starts_evaluates_and_writes_the_table(table_run):
     root, env, result = table_run
-    assert "warm start: training" in result.stdout and "floater_fairseq.migrate" in result.stdout
+    assert "warm start: training" in result.stdout and "floater_fairseq.cli.migrate" in result.stdout
     assert "--reset-optimizer" in result.stdout and "--lr 0.0015" in result.stdout
     for row in ("floater-all", "sinusoidal-input"):
         record = json.loads((root / "results" / "tiny-de-en" / f"{row}.json").read_text())
@@ -155,7 +155,7 @@ def test_length_buckets_on_a_checkpoint(table_run, tmp_path):
     root, _, _ = table_run
     checkpoint = root / "checkpoints" / "tiny-de-en" / "floater-all" / "checkpoint_last.pt"
     result = subprocess.run([os.path.join(os.path.dirname(__import__("sys").executable), "python"), "-m",
-                             "floater_fairseq.length_buckets", str(root / "data"), f"floater={checkpoint}",
+                             "floater_fairseq.cli.length_buckets", str(root / "data"), f"floater={checkpoint}",
                              "--buckets", "1-4,5-9", "--beam", "2", "--out-dir", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -176,7 +176,7 @@ def test_usage_errors_name_the_fix(tmp_path):
 
 def test_iwslt14_layout_is_read_like_fairseqs_recipe(tmp_path):
     """train.tags (XML meta lines dropped), every 23rd pair to validation, test = dev2010 + tst2010-2012."""
-    from floater_fairseq.prepare import extract_text
+    from floater_fairseq.cli.prepare import extract_text
     raw = tmp_path / "de-en"
     raw.mkdir()
     for lang in ("de", "en"):
@@ -191,7 +191,7 @@ def test_iwslt14_layout_is_read_like_fairseqs_recipe(tmp_path):
 
 
 def test_wmt14_layout_reads_training_corpora_and_sgm_test(tmp_path):
-    from floater_fairseq.prepare import extract_text
+    from floater_fairseq.cli.prepare import extract_text
     for name in ("europarl-v7.de-en", "commoncrawl.de-en", "news-commentary-v12.de-en"):
         for lang in ("de", "en"):
             (tmp_path / f"{name}.{lang}").write_text(f"{name} {lang} a\n\n{name} {lang} b\n")
@@ -207,7 +207,7 @@ def test_wmt14_layout_reads_training_corpora_and_sgm_test(tmp_path):
 
 def test_offline_download_failure_names_the_fix(tmp_path, monkeypatch):
     import urllib.request
-    from floater_fairseq import prepare
+    from floater_fairseq.cli import prepare
 
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
@@ -218,28 +218,33 @@ def test_offline_download_failure_names_the_fix(tmp_path, monkeypatch):
     assert not (tmp_path / "data").exists()
 
 
-def test_averaging_without_fairseqs_script_explains_the_fix(tmp_path, monkeypatch, capsys):
-    from floater_fairseq import average_checkpoints
-    monkeypatch.setenv("FAIRSEQ_SCRIPTS", str(tmp_path))
-    assert average_checkpoints.main(["--inputs", "a.pt", "b.pt", "--output", str(tmp_path / "avg.pt")]) == 2
-    assert "has no average_checkpoints.py" in capsys.readouterr().err
-    assert not (tmp_path / "avg.pt").exists()
-
-
-def test_averaging_two_checkpoints_gives_the_mean(table_run, tmp_path):
-    """Runs fairseq's own script when it is available here (FAIRSEQ_SCRIPTS, .cache, or online)."""
+def test_averaging_script_gives_the_exact_mean_offline(table_run, tmp_path):
+    """scripts/average-checkpoints.sh with fairseq's flag names: no network, no fairseq script."""
     import torch
-    from floater_fairseq import average_checkpoints
-    try:
-        average_checkpoints.find_script()
-    except average_checkpoints.AveragingUnavailable as e:
-        pytest.skip(str(e))
     root, _, _ = table_run
     run_dir = root / "checkpoints" / "tiny-de-en" / "floater-all"
-    inputs = [str(run_dir / "checkpoint1.pt"), str(run_dir / "checkpoint2.pt")]
     out = tmp_path / "avg.pt"
-    assert average_checkpoints.main(["--inputs", *inputs, "--output", str(out)]) == 0
-    states = [torch.load(p, map_location="cpu")["model"] for p in inputs]
-    averaged = torch.load(out, map_location="cpu")["model"]
-    for key in ("position_encoder.signal.initial_values", "encoder.layers.0.self_attn.q_proj.weight"):
-        torch.testing.assert_close(averaged[key], (states[0][key] + states[1][key]) / 2)
+    result = subprocess.run(["bash", os.path.join(REPO, "scripts", "average-checkpoints.sh"), "--inputs", str(run_dir),
+                             "--num-epoch-checkpoints", "2", "--output", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    inputs = sorted(run_dir.glob("checkpoint[0-9]*.pt"))[-2:]
+    states = [torch.load(p, map_location="cpu", weights_only=True)["model"] for p in inputs]
+    averaged = torch.load(out, map_location="cpu", weights_only=True)  # safe loading, plain cfg
+    assert isinstance(averaged["cfg"], dict)
+    assert averaged["model"].keys() == states[0].keys()
+    for key, value in averaged["model"].items():
+        expected = ((states[0][key].double() + states[1][key].double()) / 2).to(value.dtype)
+        assert torch.equal(value, expected), key
+    # fairseq loads it like any checkpoint
+    from fairseq import checkpoint_utils
+    models, _ = checkpoint_utils.load_model_ensemble([str(out)], arg_overrides={"data": str(root / "data")})
+    assert models[0].position_encoder.name == "floater"
+
+
+def test_averaging_refuses_too_few_checkpoints_and_writes_nothing(tmp_path, capsys):
+    from floater_fairseq.cli import average_checkpoints
+    (tmp_path / "checkpoint1.pt").write_bytes(b"")
+    out = tmp_path / "avg.pt"
+    code = average_checkpoints.main(["--inputs", str(tmp_path), "--num-epoch-checkpoints", "5", "--output", str(out)])
+    assert code == 2 and "has 1 epoch (checkpointE.pt) checkpoints, 5 asked for" in capsys.readouterr().err
+    assert not out.exists()

@@ -108,7 +108,7 @@ def test_a_kill_while_fairseq_copies_checkpoint_last_leaves_the_previous_one_loa
     assert load(previous)["num_updates"] == 4  # whole, not a truncated copy of the new one
     assert torch.equal(load(previous)["model"]["w"], torch.zeros(50_000))
 
-    from floater_fairseq.checkpoint_safety import atomic_copy
+    from floater_fairseq.compat import atomic_copy
     assert atomic_copy(str(new), str(previous), overwrite=True)
     assert load(previous)["num_updates"] == 8
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".tmp")) == [

@@ -164,7 +164,7 @@ class CheckpointMismatchError(RuntimeError):
             "(fairseq-generate/-interactive/-validate read them from the checkpoint; with "
             "--restore-file or --finetune-from-model pass the same --pos-encoder, --pos-blocks, "
             "--*-self-attention and size flags), or turn a vanilla transformer checkpoint into a "
-            "FLOATER one with python -m floater_fairseq.migrate."
+            "FLOATER one with python -m floater_fairseq.cli.migrate."
         )
 
 

@@ -12,21 +12,19 @@ Rows: long-range memory in all layers, in 1/6 of the layers (interleaved, last, 
 memory elsewhere), and no memory. Prints validation perplexity, memory state per stream
 (floats) and training tokens/s, and writes results.json / results.md.
 
-    python -m floater_fairseq.bench_memory_lm --multi30k-raw ../shared/data/multi30k --out-dir results/memory-lm
+    python -m benchmarks.bench_memory_lm --multi30k-raw ../shared/data/multi30k --out-dir results/memory-lm
 """
 import argparse
 import json
 import os
 import random
 import re
-import subprocess
-import sys
 import time
 
-from . import USER_DIR
-from .prepare import find, read_lines
+from floater_fairseq import USER_DIR
+from floater_fairseq.cli import common
+from floater_fairseq.cli.prepare import find, read_lines
 
-BIN = os.path.dirname(sys.executable)
 MODEL = ["--decoder-layers", "6", "--decoder-embed-dim", "128", "--decoder-ffn-embed-dim", "512",
          "--decoder-attention-heads", "4", "--dropout", "0.1"]
 ROWS = {  # name: memory flags
@@ -56,10 +54,8 @@ def repeats_text(tokens: int, seed: int, vocabulary: int = 500):
 
 
 def run(cmd):
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:2])} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return result.stdout + result.stderr
+    """Combined stdout and stderr (fairseq-eval-lm reports on stderr), printed nowhere."""
+    return common.run(cmd, quiet=True, show=lambda line: None)
 
 
 def binarize(lines_by_split, out):
@@ -69,16 +65,16 @@ def binarize(lines_by_split, out):
     for split, lines in lines_by_split.items():
         with open(os.path.join(out, f"{split}.txt"), "w", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in lines)
-    run([os.path.join(BIN, "fairseq-preprocess"), "--only-source", "--trainpref", os.path.join(out, "train.txt"),
+    run([common.tool("fairseq-preprocess"), "--only-source", "--trainpref", os.path.join(out, "train.txt"),
          "--validpref", os.path.join(out, "valid.txt"), "--destdir", os.path.join(out, "bin"),
          "--nwordssrc", "10000", "--workers", "2"])
     return os.path.join(out, "bin")
 
 
 def train_and_score(data, save_dir, flags, args):
-    common = ["--task", "memory_language_modeling", "--tokens-per-sample", str(args.segment)]
+    task = ["--task", "memory_language_modeling", "--tokens-per-sample", str(args.segment)]
     start = time.time()
-    log = run([os.path.join(BIN, "fairseq-train"), data, "--user-dir", USER_DIR, *common,
+    log = run([common.tool("fairseq-train"), data, "--user-dir", USER_DIR, *task,
                "--arch", "memory_transformer_lm", *MODEL, "--lrm-len", str(args.lrm_len), "--srm-len",
                str(args.srm_len), *flags, "--batch-size", str(args.streams), "--optimizer", "adam",
                "--adam-betas", "(0.9,0.98)", "--lr", "0.001", "--lr-scheduler", "inverse_sqrt",
@@ -88,7 +84,7 @@ def train_and_score(data, save_dir, flags, args):
     seconds = time.time() - start
     wps = [float(w) for w in re.findall(r"\| train \|.*?\| wps ([0-9.]+)", log)] or \
         [float(w) for w in re.findall(r"wps=([0-9.]+)", log)]
-    scored = run([os.path.join(BIN, "fairseq-eval-lm"), data, "--user-dir", USER_DIR, *common, "--path",
+    scored = run([common.tool("fairseq-eval-lm"), data, "--user-dir", USER_DIR, *task, "--path",
                   os.path.join(save_dir, "checkpoint_last.pt"), "--gen-subset", "valid",
                   "--batch-size", str(args.streams), "--cpu"])
     perplexity = float(re.search(r"Perplexity: ([0-9.]+)", scored).group(1))

@@ -6,8 +6,8 @@
     DP = fraction of offsets delta in [0, n) with cr(delta) > 0.1
 
 Usage:
-    python -m floater_fairseq.analyze_positions CHECKPOINT.pt [--positions N] [--out-dir DIR]
-    python -m floater_fairseq.analyze_positions ENCODER [--positions N] [fairseq model flags ...]
+    python -m floater_fairseq.cli.analyze_positions CHECKPOINT.pt [--positions N] [--out-dir DIR]
+    python -m floater_fairseq.cli.analyze_positions ENCODER [--positions N] [fairseq model flags ...]
         (ENCODER = a --pos-encoder name, e.g. floater, sinusoidal, shifted-basis --basis gaussian)
 Prints one row per matrix (FLOATER: one per block and projection) and saves heatmap.png (cosine
 of p_i, p_j) and profile.png (cr(delta)) in --out-dir, plus analysis.json.
@@ -22,9 +22,8 @@ from typing import Dict
 
 import torch
 
-from . import serialization  # noqa: F401  (allow-list before loading checkpoints)
-from .models.floater_transformer import FloaterTransformerModel
-from .modules.position_encoder import POSITION_ENCODER_REGISTRY, PositionRangeError
+from ..models.floater_transformer import FloaterTransformerModel
+from ..modules.position_encoder import POSITION_ENCODER_REGISTRY, PositionRangeError
 
 DP_THRESHOLD = 0.1
 MAX_HEATMAPS = 12

@@ -1,6 +1,6 @@
 """BLEU by source length for any set of checkpoints (the paper's Figure 2, "S2L").
 
-    python -m floater_fairseq.length_buckets DATA_DIR NAME=CHECKPOINT [NAME=CHECKPOINT ...]
+    python -m floater_fairseq.cli.length_buckets DATA_DIR NAME=CHECKPOINT [NAME=CHECKPOINT ...]
         [--buckets 1-10,11-20,21-40,41-1000] [--subset test] [--beam 4] [--lenpen 0.6]
         [--remove-bpe sentencepiece] [--train-max-len N] [--out-dir DIR]
 
@@ -14,14 +14,15 @@ import collections
 import json
 import logging
 import os
-import subprocess
 import sys
 from typing import Dict, List, Sequence, Tuple
 
 import sacrebleu
 
-USER_DIR = os.path.dirname(os.path.abspath(__file__))
-BIN = os.path.dirname(sys.executable)
+from .. import USER_DIR
+from . import common
+
+
 Bucket = Tuple[int, int]
 
 
@@ -95,7 +96,7 @@ def table(buckets, results) -> str:
 
 
 def generate(data, checkpoint, subset, beam, lenpen, remove_bpe, extra=()):
-    cmd = [os.path.join(BIN, "fairseq-generate"), data, "--user-dir", USER_DIR, "--path", checkpoint,
+    cmd = [common.tool("fairseq-generate"), data, "--user-dir", USER_DIR, "--path", checkpoint,
            "--gen-subset", subset, "--beam", str(beam), "--lenpen", str(lenpen), "--batch-size", "64",
            "--required-batch-size-multiple", "1", "--no-progress-bar", *extra]
     if remove_bpe:
@@ -103,10 +104,7 @@ def generate(data, checkpoint, subset, beam, lenpen, remove_bpe, extra=()):
     import torch
     if not torch.cuda.is_available():
         cmd.append("--cpu")
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"fairseq-generate failed for {checkpoint}:\n{result.stderr[-3000:]}")
-    return parse_generate_output(result.stdout)
+    return parse_generate_output(common.run(cmd, capture=True, quiet=True))
 
 
 def main(argv=None):

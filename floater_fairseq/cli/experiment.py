@@ -1,8 +1,8 @@
 """Train, evaluate and tabulate experiments described by configs/DATASET/ROW.yaml.
 
-    python -m floater_fairseq.experiment train CONFIG [extra fairseq-train flags]
-    python -m floater_fairseq.experiment evaluate CHECKPOINT_DIR [CONFIG] [--average-last N]
-    python -m floater_fairseq.experiment table DATASET [--rows R,...] [extra fairseq-train flags]
+    python -m floater_fairseq.cli.experiment train CONFIG [extra fairseq-train flags]
+    python -m floater_fairseq.cli.experiment evaluate CHECKPOINT_DIR [CONFIG] [--average-last N]
+    python -m floater_fairseq.cli.experiment table DATASET [--rows R,...] [extra fairseq-train flags]
 
 (scripts/train.sh, evaluate.sh and reproduce-table.sh call these.)
 
@@ -25,18 +25,17 @@ import glob
 import json
 import os
 import re
-import shlex
-import subprocess
 import sys
 import time
 
 import sacrebleu
 
-from . import USER_DIR
+from .. import USER_DIR
+from ..files import write_json, write_text
+from . import common
 from .experiment_config import ConfigError, check_train_flags, load, train_args
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # where configs, results and checkpoints live (environment overrides, e.g. for tests)
 CONFIG_ROOT = os.environ.get("FLOATER_CONFIGS", os.path.join(REPO, "configs"))
 RESULTS_ROOT = os.environ.get("FLOATER_RESULTS", os.path.join(REPO, "results"))
@@ -71,14 +70,11 @@ def checkpoint_dir(config_path: str) -> str:
     return os.path.join(os.environ.get("CHECKPOINT_ROOT", os.path.join(REPO, "checkpoints")), dataset, row)
 
 
-def run(cmd, capture=True):
-    print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    result = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, stderr=subprocess.STDOUT if capture else None,
-                            text=True)
-    if capture:
-        sys.stdout.write(result.stdout)
-    if result.returncode:
-        raise ExperimentError(f"{os.path.basename(cmd[0])} failed with exit code {result.returncode}")
+def run(cmd, log=None):
+    try:
+        return common.run(cmd, log=log)
+    except common.ToolError as e:
+        raise ExperimentError(str(e)) from None
 
 
 def _save_dir(extra):
@@ -103,17 +99,16 @@ def train(config_path: str, extra=()):
         f.write(source.read())  # evaluate reads the run's own copy
     start, done = time.time(), False
     try:
-        # fairseq's own output (its progress bar on a terminal) goes straight through; --log-file
-        # keeps a copy of the log next to the checkpoints
-        run([os.path.join(BIN, "fairseq-train"), data, "--user-dir", USER_DIR, *flags, "--save-dir", save_dir,
-             "--log-file", os.path.join(save_dir, "train.log"), *extra], capture=False)
+        # fairseq's output goes to the terminal and to train.log beside the checkpoints. (Not
+        # fairseq's --log-file: fairseq 0.12 adds one more file handler for it every epoch, so
+        # epoch N's lines would appear N times.)
+        run([common.tool("fairseq-train"), data, "--user-dir", USER_DIR, *flags, "--save-dir", save_dir, *extra],
+            log=os.path.join(save_dir, "train.log"))
         done = True
     finally:  # training time accumulates over resumed runs, interrupted ones included
         timing = os.path.join(save_dir, "train_time.json")
         previous = json.load(open(timing))["seconds"] if os.path.exists(timing) else 0.0
-        with open(timing + ".tmp", "w") as f:
-            json.dump({"seconds": previous + time.time() - start, "finished": done}, f)
-        os.replace(timing + ".tmp", timing)
+        write_json(timing, {"seconds": previous + time.time() - start, "finished": done})
     return save_dir
 
 
@@ -132,7 +127,7 @@ def warm_start_flags(config_path, config, save_dir, flags, extra):
         train(source_config, source_extra)
     initial = os.path.join(save_dir, "warm_start.pt")
     if not os.path.exists(initial):
-        run([sys.executable, "-m", "floater_fairseq.migrate", os.path.join(source_dir, "checkpoint_last.pt"), initial])
+        run([sys.executable, "-m", "floater_fairseq.cli.migrate", os.path.join(source_dir, "checkpoint_last.pt"), initial])
     lr = float(config["train"]["lr"]) * float(config["warm_start"].get("lr_scale", 0.5))
     flags = flags + ["--restore-file", initial, "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader",
                      "--reset-meters", "--lr", str(lr)]
@@ -151,7 +146,7 @@ def average(save_dir: str, last: int) -> str:
         return path
     last = min(last, len(epochs))
     output = os.path.join(save_dir, f"averaged_last{last}.pt")
-    run([sys.executable, "-m", "floater_fairseq.average_checkpoints", "--inputs", save_dir,
+    run([sys.executable, "-m", "floater_fairseq.cli.average_checkpoints", "--inputs", save_dir,
          "--num-epoch-checkpoints", str(last), "--output", output])
     return output
 
@@ -163,7 +158,7 @@ def compound_split(lines):
 
 def decode(data, checkpoint, config, subset="test"):
     train_flags, evaluation = config["train"], config["evaluate"]
-    cmd = [os.path.join(BIN, "fairseq-generate"), data, "--user-dir", USER_DIR, "--path", checkpoint,
+    cmd = [common.tool("fairseq-generate"), data, "--user-dir", USER_DIR, "--path", checkpoint,
            "--gen-subset", subset, "--source-lang", str(train_flags["source-lang"]), "--target-lang",
            str(train_flags["target-lang"]), "--beam", str(evaluation.get("beam", 5)), "--lenpen",
            str(evaluation.get("lenpen", 1.0)), "--batch-size", str(evaluation.get("batch_size", 64)),
@@ -171,12 +166,12 @@ def decode(data, checkpoint, config, subset="test"):
     import torch
     if not torch.cuda.is_available():
         cmd.append("--cpu")
-    print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode:
-        raise ExperimentError(f"fairseq-generate failed:\n{result.stderr[-3000:]}")
+    try:
+        output = common.run(cmd, capture=True)
+    except common.ToolError as e:
+        raise ExperimentError(str(e)) from None
     hypotheses = {}
-    for line in result.stdout.splitlines():
+    for line in output.splitlines():
         if line.startswith("D-"):
             tag, _, text = line.split("\t", 2)
             hypotheses[int(tag[2:])] = text
@@ -216,11 +211,7 @@ def evaluate(save_dir: str, config_path: str = None, average_last: int = None, o
         result["compound_split_bleu"] = round(split.corpus_score(compound_split(hyps), [compound_split(references)]).score, 2)
         print(f"compound-split sacreBLEU {result['compound_split_bleu']:.2f}  (hyphens split as ##AT##-##AT##)")
     output = output or os.path.join(RESULTS_ROOT, config["dataset"], f"{result['row']}.json")
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    tmp = output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, output)
+    write_json(output, result)
     print(f"wrote {output}")
     return result
 
@@ -243,9 +234,7 @@ def table(dataset: str, rows=None, extra=()):
             results[row] = json.load(f)
     path = os.path.join(RESULTS_ROOT, f"{dataset}.md")
     text = render_table(dataset, results)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text(path, text)
     print(text)
     return path
 

@@ -4,12 +4,14 @@ Source: random words ``s<k>``. Target: each word mapped to ``t<k>`` (a vocabular
 the sentence reversed, so a model must know where every token is to translate it. Used by the
 tests and by the demo (train on short sentences, test on long ones).
 
-    python -m floater_fairseq.synthetic OUT_DIR --train 2000 --min-len 3 --max-len 10
+    python -m floater_fairseq.cli.synthetic OUT_DIR --train 2000 --min-len 3 --max-len 10
 """
 import argparse
 import os
 import random
 from typing import List, Tuple
+
+from ..files import write_text
 
 
 def make_pairs(n: int, min_len: int, max_len: int, vocab: int, seed: int) -> List[Tuple[str, str]]:
@@ -26,13 +28,8 @@ def make_pairs(n: int, min_len: int, max_len: int, vocab: int, seed: int) -> Lis
 
 
 def write_split(out_dir: str, split: str, pairs, src: str = "src", tgt: str = "tgt"):
-    os.makedirs(out_dir, exist_ok=True)
     for lang, column in ((src, 0), (tgt, 1)):
-        path = os.path.join(out_dir, f"{split}.{lang}")
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(pair[column] + "\n" for pair in pairs)
-        os.replace(tmp, path)
+        write_text(os.path.join(out_dir, f"{split}.{lang}"), "".join(pair[column] + "\n" for pair in pairs))
 
 
 def main(argv=None):

@@ -6,21 +6,19 @@ words and tested on length buckets up to 4L. Trains fairseq's transformer (sinus
 input), a learned absolute embedding, and floater_transformer (compatibility form and input form)
 with the stock fairseq tools, then prints sacreBLEU per length bucket and saves a plot.
 
-    python -m floater_fairseq.demo [--quick] [--out demo-out]
+    python -m floater_fairseq.cli.demo [--quick] [--out demo-out]
 """
 import argparse
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 
-from . import USER_DIR
+from .. import USER_DIR
+from . import common
 from .length_buckets import bucket_bleu, parse_generate_output, plot
 from .synthetic import make_pairs, write_split
 
-BIN = os.path.dirname(sys.executable)
 
 SINUSOIDAL = "sinusoidal (input)"
 WARM_START = "FLOATER (all blocks), warm start"
@@ -43,18 +41,15 @@ def settings(quick: bool) -> dict:
     return dict(train=8000, max_len=12, dim=64, layers=2, epochs=25, warm_epochs=8, test_per_bucket=100, vocab=20)
 
 
-def run(tool, *args, log=None):
-    cmd = [os.path.join(BIN, tool), *args]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if log and re.search(r"\| (train|valid) \| epoch", line):
-                print(f"    {log}: {line.split(' | ', 2)[-1].strip()[:110]}", flush=True)
-    if proc.returncode:
-        sys.stderr.write("".join(lines[-40:]))
-        raise SystemExit(f"demo: {tool} failed with exit code {proc.returncode}")
-    return "".join(lines)
+def run(name, *args, log=None):
+    def summary(line):  # one line per epoch, labelled with the run
+        if log and re.search(r"\| (train|valid) \| epoch", line):
+            return f"    {log}: {line.split(' | ', 2)[-1].strip()[:110]}\n"
+        return None
+    try:
+        return common.run([common.tool(name), *args], quiet=True, show=summary)
+    except common.ToolError as e:
+        raise SystemExit(f"demo: {e}") from None
 
 
 def make_data(out: str, cfg: dict) -> list:
@@ -87,7 +82,7 @@ def train_and_decode(out, label, arch, extra, cfg):
         initial = os.path.join(save_dir_of(out, SINUSOIDAL), "checkpoint_last.pt")
         if label == WARM_START:
             initial = os.path.join(save_dir, "warm_start.pt")
-            run("python", "-m", "floater_fairseq.migrate", os.path.join(save_dir_of(out, SINUSOIDAL), "checkpoint_last.pt"),
+            run("python", "-m", "floater_fairseq.cli.migrate", os.path.join(save_dir_of(out, SINUSOIDAL), "checkpoint_last.pt"),
                 initial)
         extra = [*extra, "--restore-file", initial, "--reset-optimizer", "--reset-lr-scheduler",
                  "--reset-dataloader", "--reset-meters"]

@@ -7,7 +7,7 @@
     evaluate: {average_last: N, beam: B, lenpen: L, compound_split: bool, batch_size: N}
     warm_start: {from: ROW, lr_scale: 0.5, max_epoch: N}   # optional (paper App. B.2)
 
-Read with PyYAML (which fairseq already depends on). ``python -m floater_fairseq.experiment_config
+Read with PyYAML (which fairseq already depends on). ``python -m floater_fairseq.cli.experiment_config
 CONFIG train-args`` prints the fairseq-train flags, one per line, for shell scripts.
 """
 import argparse
@@ -77,7 +77,7 @@ def check_train_flags(config: Dict, path: str, extra=()):
 
     from fairseq import options
 
-    from . import USER_DIR
+    from .. import USER_DIR
     parser = options.get_training_parser()
     errors = io.StringIO()
     try:

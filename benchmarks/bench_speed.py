@@ -5,7 +5,7 @@ Times, in one process and interleaved (A B A B ...), on the same batches:
   * beam-5 generation of a batch of sentences (the ODE solution is cached at inference).
 Prints the medians and the ratios floater / vanilla for each solver setting.
 
-    python -m floater_fairseq.bench_speed --sizes small --settings paper,step-dt
+    python -m benchmarks.bench_speed --sizes small --settings paper,step-dt
 """
 import argparse
 import statistics

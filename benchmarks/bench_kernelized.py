@@ -11,7 +11,7 @@ exhaust memory fails cleanly ("out of memory") and its peak RSS is its own. Prin
 fitted growth exponents (slope of log time / log memory against log n), writes results.json and a
 log-log plot.
 
-    python -m floater_fairseq.bench_kernelized --out-dir results/kernelized-attention
+    python -m benchmarks.bench_kernelized --out-dir results/kernelized-attention
 """
 import argparse
 import json
@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .modules.kernelized_attention import (
+from floater_fairseq.modules.kernelized_attention import (
     kernelized_rpe_attention,
     orthogonal_gaussian_features,
     positive_random_features,
@@ -100,7 +100,7 @@ def measure(method, n, args) -> dict:
     def limit_memory():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    cmd = [sys.executable, "-m", "floater_fairseq.bench_kernelized", "--worker", "--method", method,
+    cmd = [sys.executable, "-m", "benchmarks.bench_kernelized", "--worker", "--method", method,
            "--length", str(n), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
            "--features", str(args.features), "--repeats", str(args.repeats)]
     try:

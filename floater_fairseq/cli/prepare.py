@@ -1,6 +1,6 @@
 """Data preparation: raw parallel text -> joint sentencepiece model -> fairseq-preprocess.
 
-    python -m floater_fairseq.prepare DATASET [--raw-dir DIR] [--dest DIR] [--vocab-size N]
+    python -m floater_fairseq.cli.prepare DATASET [--raw-dir DIR] [--dest DIR] [--vocab-size N]
         [--max-train-len N] [--source-lang L --target-lang L]
 
 DATASET: multi30k, iwslt14, wmt14-en-de, wmt14-en-fr (the scripts/prepare-*.sh wrappers call
@@ -23,12 +23,13 @@ import html
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
-import tempfile
 import urllib.request
 from typing import Dict, List, Tuple
+
+from ..files import atomic_output
+from . import common
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
 STATMT = "http://statmt.org"
@@ -157,19 +158,7 @@ def extract_text(dataset: str, raw_dir: str, s: str, t: str) -> Dict[str, Tuple[
 
 def stage(path: str):
     """Context for one stage: yields a temporary directory that becomes ``path`` on success."""
-    class _Stage:
-        def __enter__(self):
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self.tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-            return self.tmp
-
-        def __exit__(self, kind, value, traceback):
-            if kind is None:
-                os.replace(self.tmp, path)  # atomic: the stage appears complete or not at all
-            else:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-    return _Stage()
+    return atomic_output(path, directory=True)
 
 
 def write_lines(path: str, lines: List[str]):
@@ -184,12 +173,12 @@ def download(urls: List[str], raw_dir: str):
         if not os.path.exists(name):
             print(f"prepare: downloading {url}", flush=True)
             try:
-                with urllib.request.urlopen(url, timeout=60) as response, open(name + ".part", "wb") as out:
+                with atomic_output(name) as part, urllib.request.urlopen(url, timeout=60) as response, \
+                        open(part, "wb") as out:
                     shutil.copyfileobj(response, out)
             except OSError as e:
                 raise PrepareError(f"cannot download {url} ({e}); without a network, download the files "
                                    "elsewhere and pass --raw-dir") from None
-            os.replace(name + ".part", name)
         if re.search(r"\.(tgz|tar|tar\.gz)$", name) and not os.path.exists(name + ".extracted"):
             with tarfile.open(name) as archive:
                 archive.extractall(raw_dir, filter="data")
@@ -197,9 +186,10 @@ def download(urls: List[str], raw_dir: str):
 
 
 def run(cmd: List[str]):
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode:
-        raise PrepareError(f"{os.path.basename(cmd[0])} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    try:
+        common.run(cmd, capture=True, quiet=True)
+    except common.ToolError as e:
+        raise PrepareError(str(e)) from None
 
 
 def _train_sentencepiece(spm, out_dir, text, s, t, vocab_size, workers):
@@ -258,7 +248,7 @@ def prepare(dataset: str, dest: str, raw_dir: str = None, source_lang: str = Non
                 for lang in (s, t):
                     write_lines(os.path.join(tmp, f"{split}.{lang}"), pieces[lang])
     with stage(dest) as tmp:
-        run([os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess"), "--source-lang", s, "--target-lang", t,
+        run([common.tool("fairseq-preprocess"), "--source-lang", s, "--target-lang", t,
              "--trainpref", os.path.join(bpe, "train"), "--validpref", os.path.join(bpe, "valid"),
              "--testpref", os.path.join(bpe, "test"), "--destdir", tmp, "--joined-dictionary",
              "--workers", str(workers)])

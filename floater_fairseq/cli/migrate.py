@@ -6,7 +6,7 @@ layer at zero and b(0) = 0 every bias is exactly 0, so the migrated model *is* t
 Fine-tune it with half the peak LR and ``--reset-optimizer --reset-lr-scheduler
 --reset-dataloader --reset-meters``:
 
-    python -m floater_fairseq.migrate checkpoints/vanilla/checkpoint_last.pt floater_init.pt
+    python -m floater_fairseq.cli.migrate checkpoints/vanilla/checkpoint_last.pt floater_init.pt
     fairseq-train ... --user-dir floater_fairseq --arch floater_transformer_wmt_en_de \\
         --restore-file floater_init.pt --reset-optimizer --reset-lr-scheduler \\
         --reset-dataloader --reset-meters --lr 3.5e-4
@@ -15,17 +15,14 @@ import argparse
 import copy
 import os
 import sys
-import tempfile
 
-import torch
-from omegaconf import OmegaConf
 
 from fairseq import checkpoint_utils
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
-from . import serialization  # noqa: F401  (allow-list before loading)
-from .models.floater_transformer import FloaterTransformerModel
-from .modules.floater import FloaterPositionEncoder
+from ..checkpoints import plain_config, save
+from ..models.floater_transformer import FloaterTransformerModel
+from ..modules.floater import FloaterPositionEncoder
 
 # Dimensions that must agree between the checkpoint and an explicitly requested --arch.
 ARCH_DIMENSIONS = (
@@ -108,8 +105,7 @@ def migrate_state(state: dict, arch: str = None) -> dict:
     migrated["model"] = weights
     # fairseq saves the config as plain containers (trainer.state_dict); do the same so that
     # every stock tool loads the result under safe loading.
-    cfg = state["cfg"]
-    cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else copy.deepcopy(cfg)
+    cfg = copy.deepcopy(plain_config(state)["cfg"])
     cfg["model"] = args
     migrated["cfg"] = cfg
     migrated["last_optimizer_state"] = None  # the parameter set changed: fine-tune with --reset-optimizer
@@ -123,21 +119,12 @@ def migrate(source: str, destination: str, arch: str = None) -> None:
         raise MigrationError("the output path must differ from the input checkpoint")
     state = checkpoint_utils.load_checkpoint_to_cpu(source)
     migrated = migrate_state(state, arch)
-    out_dir = os.path.dirname(os.path.abspath(destination))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".migrate-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(migrated, tmp)
-        os.replace(tmp, destination)  # atomic: a reader never sees a half-written checkpoint
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save(migrated, destination)  # atomic: a reader never sees a half-written checkpoint
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m floater_fairseq.migrate", description=__doc__,
+        prog="python -m floater_fairseq.cli.migrate", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("vanilla", help="checkpoint of a fairseq transformer* architecture")
