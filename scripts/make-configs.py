@@ -12,6 +12,8 @@ import os
 
 import yaml
 
+from floater_fairseq.options import OPTIONS, default
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 COMMON = {
@@ -71,15 +73,23 @@ ROWS = {
     "learned-input": {"pos-encoder": "learned", "pos-blocks": "input"},
     "none": {"pos-encoder": "none"},
     "shifted-basis-gaussian": {"pos-encoder": "shifted-basis", "pos-blocks": "input", "basis": "gaussian",
-                               "basis-size": 64, "basis-max-positions": 256, "basis-projection": "linear"},
+                               "basis-size": default("basis_size"),
+                               "basis-max-positions": default("basis_max_positions"),
+                               "basis-projection": default("basis_projection")},
     "rope": {"pos-encoder": "rope", "pos-blocks": "all"},
     "alibi": {"pos-encoder": "alibi", "pos-blocks": "all"},
     # Luo et al. 2021: kernelized self-attention whose only position signal is its FFT relative bias
     # (sentences under 256 tokens evaluate the same sums directly: faster than the FFT there)
     "kernelized-rpe": {"pos-encoder": "none", "encoder-self-attention": "kernelized-rpe",
-                       "decoder-self-attention": "kernelized-rpe", "kernelized-features": 64,
+                       "decoder-self-attention": "kernelized-rpe", "kernelized-features": default("kernelized_features"),
                        "kernelized-fft-min-length": 256},
 }
+
+
+# every flag a row sets beyond the position encoder's name is one of floater_fairseq.options
+for _row, _flags in ROWS.items():
+    for _flag in _flags:
+        assert _flag.replace("-", "_") in OPTIONS, f"{_row}: {_flag} is not in floater_fairseq.options"
 
 
 def config(dataset: str, row: str) -> dict:

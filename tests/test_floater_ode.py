@@ -6,11 +6,8 @@ import torch
 from torchdiffeq._impl.odeint import SOLVERS
 
 from fairseq.modules.sinusoidal_positional_embedding import SinusoidalPositionalEmbedding
-from floater_fairseq.modules.floater import (
-    ODE_METHODS,
-    FloaterNumericalError,
-    FloaterPositionSignal,
-)
+from floater_fairseq.options import ODE_METHODS
+from floater_fairseq.modules.floater import FloaterNumericalError, FloaterPositionSignal
 
 
 def set_linear_field(signal, matrix):

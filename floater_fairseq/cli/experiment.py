@@ -178,14 +178,28 @@ def decode(data, checkpoint, config, subset="test"):
     return hypotheses
 
 
-def evaluate(save_dir: str, config_path: str = None, average_last: int = None, output: str = None):
+def training_state(save_dir: str) -> dict:
+    """Seed, updates and epoch of the run's checkpoint_last (what a result must state)."""
+    import torch
+    path = os.path.join(save_dir, "checkpoint_last.pt")
+    if not os.path.exists(path):
+        return {}
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    cfg = state.get("cfg") or {}
+    return {"seed": cfg.get("common", {}).get("seed"),
+            "updates": state["optimizer_history"][-1]["num_updates"],
+            "epoch": state["extra_state"]["train_iterator"]["epoch"]}
+
+
+def evaluate(save_dir: str, config_path: str = None, average_last: int = None, output: str = None,
+             subset: str = None):
     config_path = config_path or os.path.join(save_dir, "config.yaml")
     config = load(config_path)
     evaluation = config["evaluate"]
     data = repo_path(config["data"])
     start = time.time()
     checkpoint = average(save_dir, average_last or evaluation.get("average_last", 1))
-    subset = evaluation.get("subset", "test")
+    subset = subset or evaluation.get("subset", "test")
     hypotheses = decode(data, checkpoint, config, subset)
     target = str(config["train"]["target-lang"])
     references_path = os.path.join(data, f"{subset}.raw.{target}")
@@ -202,6 +216,7 @@ def evaluate(save_dir: str, config_path: str = None, average_last: int = None, o
               "row": row_of(config_path)[1] if config_path != os.path.join(save_dir, "config.yaml") else os.path.basename(save_dir),
               "bleu": round(score.score, 2), "signature": str(bleu.get_signature()), "checkpoint": checkpoint,
               "subset": subset, "sentences": len(hyps), "evaluate_seconds": round(time.time() - start, 1)}
+    result.update(training_state(save_dir))
     timing = os.path.join(save_dir, "train_time.json")
     if os.path.exists(timing):
         result["train_seconds"] = round(json.load(open(timing))["seconds"], 1)
@@ -275,6 +290,7 @@ def main(argv=None):
     p.add_argument("config", nargs="?")
     p.add_argument("--average-last", type=int)
     p.add_argument("--output")
+    p.add_argument("--subset", help="split to decode and score (default: the config's, else test)")
     p = commands.add_parser("table")
     p.add_argument("dataset")
     p.add_argument("--rows", help="comma-separated rows (default: the six Table-2 rows)")
@@ -285,7 +301,7 @@ def main(argv=None):
         if args.command == "train":
             train(args.config, extra)
         elif args.command == "evaluate":
-            evaluate(args.checkpoint_dir, args.config, args.average_last, args.output)
+            evaluate(args.checkpoint_dir, args.config, args.average_last, args.output, args.subset)
         else:
             table(args.dataset, args.rows.split(",") if args.rows else None, extra)
     except (ExperimentError, ConfigError) as e:

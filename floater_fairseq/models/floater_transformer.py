@@ -26,6 +26,7 @@ from fairseq.models.transformer import (
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq.distributed import fsdp_wrap
 
+from ..options import add_options, fill_defaults
 from ..modules.kernelized_attention import (
     add_self_attention_args,
     self_attention_defaults,
@@ -36,7 +37,6 @@ from ..modules.position_encoder import POSITION_ENCODER_REGISTRY, PositionCall, 
 
 logger = logging.getLogger(__name__)
 
-POSITION_BLOCKS = ("all", "input")
 # fairseq's own position flags: here the position encoder decides, so they would silently conflict
 FAIRSEQ_POSITION_FLAGS = {
     "no_token_positional_embeddings": "--pos-encoder none",
@@ -53,12 +53,7 @@ class FloaterTransformerModel(TransformerModel):
     def add_args(cls, parser):
         super().add_args(parser)
         group = parser.add_argument_group("position encoding (floater_fairseq)")
-        group.add_argument("--pos-encoder", choices=sorted(POSITION_ENCODER_REGISTRY),
-                           help="position encoder (default: floater)")
-        group.add_argument("--pos-blocks", choices=POSITION_BLOCKS,
-                           help="all: at every block (default; FLOATER: q/k/v biases, Eqs. 11-13; "
-                                "sinusoidal/learned/shifted-basis: added to each block input, Eqs. 7, 10); "
-                                "input: at the input embeddings only")
+        add_options(group, "position", pos_encoder=sorted(POSITION_ENCODER_REGISTRY))
         for encoder in POSITION_ENCODER_REGISTRY.values():
             encoder.add_args(group)
         add_self_attention_args(parser.add_argument_group("self-attention (floater_fairseq)"))
@@ -243,15 +238,9 @@ class FloaterTransformerDecoder(_PositionAwareStack, TransformerDecoderBase):
 # getattr, so every flag given on the command line wins.
 
 
-def _default(args, name, value):
-    if getattr(args, name, None) is None:
-        setattr(args, name, value)
-
-
 @register_model_architecture("floater_transformer", "floater_transformer")
 def floater_base_architecture(args):
-    _default(args, "pos_encoder", "floater")
-    _default(args, "pos_blocks", "all")
+    fill_defaults(args, "position")
     for encoder in POSITION_ENCODER_REGISTRY.values():
         encoder.set_defaults(args)
     self_attention_defaults(args)

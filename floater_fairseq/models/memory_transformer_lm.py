@@ -30,9 +30,8 @@ from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel, regi
 from fairseq.modules import LayerNorm
 
 from ..modules.floater import FloaterPositionSignal
+from ..options import add_options, fill_defaults
 
-PLACEMENTS = ("first", "interleaved", "last")
-MEMORY_POSITIONS = ("relative", "floater")
 
 
 def long_memory_layers(num_layers: int, count: int, placement: str) -> List[int]:
@@ -119,7 +118,8 @@ class MemoryTransformerDecoder(FairseqIncrementalDecoder):
             for i in range(args.decoder_layers))
         self.positions = None if relative else FloaterPositionSignal(
             args.decoder_layers, dim, dt=args.floater_dt, method=args.floater_method,
-            step_size=args.floater_step_size)
+            step_size=args.floater_step_size, rtol=args.floater_rtol, atol=args.floater_atol,
+            adjoint=args.floater_adjoint, hidden_dim=args.floater_hidden_dim, init_std=args.floater_init_std)
         self.final_norm = LayerNorm(dim)
         self.max_target_positions = args.tokens_per_sample
         self._memory: Dict[bool, Optional[List[Optional[Tensor]]]] = {True: None, False: None}
@@ -195,24 +195,12 @@ class MemoryTransformerLanguageModel(FairseqLanguageModel):
         parser.add_argument("--decoder-attention-heads", type=int, metavar="H")
         parser.add_argument("--dropout", type=float, metavar="P")
         parser.add_argument("--attention-dropout", type=float, metavar="P")
-        parser.add_argument("--lrm-layers", type=int, metavar="K", help="layers with long-range memory (default all)")
-        parser.add_argument("--lrm-placement", choices=PLACEMENTS, help="where the K long-memory layers sit (default interleaved)")
-        parser.add_argument("--lrm-len", type=int, metavar="M", help="long-range memory length (default 512)")
-        parser.add_argument("--srm-len", type=int, metavar="M", help="short-range memory length of the other layers (default 128)")
-        parser.add_argument("--srm-attention-range", type=int, metavar="R",
-                            help="short-memory layers attend to at most the last R positions (default 0: all they keep)")
-        parser.add_argument("--memory-positions", choices=MEMORY_POSITIONS,
-                            help="relative (Transformer-XL, default) or floater (window positions)")
-        parser.add_argument("--floater-dt", type=float)
-        parser.add_argument("--floater-method")
-        parser.add_argument("--floater-step-size", type=float)
+        add_options(parser, "memory-lm")
+        add_options(parser, "floater")  # the solver of --memory-positions floater
 
     @classmethod
     def build_model(cls, args, task):
         memory_lm_base(args)
-        for name in ("lrm_len", "srm_len", "srm_attention_range"):
-            if getattr(args, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
         if not hasattr(args, "tokens_per_sample"):
             args.tokens_per_sample = getattr(task, "tokens_per_sample", 512)
         return cls(MemoryTransformerDecoder(args, task.target_dictionary))
@@ -221,27 +209,24 @@ class MemoryTransformerLanguageModel(FairseqLanguageModel):
         self.decoder.reset_memory()
 
 
-def _default(args, name, value):
-    if getattr(args, name, None) is None:
-        setattr(args, name, value)
+def _fill(args, **values):
+    """Architecture sizes: set only what the user did not give."""
+    for name, value in values.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
 
 
 @register_model_architecture("memory_transformer_lm", "memory_transformer_lm")
 def memory_lm_base(args):
-    for name, value in (("decoder_embed_dim", 512), ("decoder_ffn_embed_dim", 2048), ("decoder_layers", 6),
-                        ("decoder_attention_heads", 8), ("dropout", 0.1), ("attention_dropout", 0.0),
-                        ("lrm_len", 512), ("srm_len", 128), ("srm_attention_range", 0),
-                        ("lrm_placement", "interleaved"), ("memory_positions", "relative"),
-                        ("floater_dt", 0.1), ("floater_method", "rk4")):
-        _default(args, name, value)
-    _default(args, "lrm_layers", args.decoder_layers)
-    if not hasattr(args, "floater_step_size"):
-        args.floater_step_size = None
+    _fill(args, decoder_embed_dim=512, decoder_ffn_embed_dim=2048, decoder_layers=6, decoder_attention_heads=8,
+          dropout=0.1, attention_dropout=0.0)
+    fill_defaults(args, "memory-lm", "floater")
+    if args.lrm_layers is None:
+        args.lrm_layers = args.decoder_layers
 
 
 @register_model_architecture("memory_transformer_lm", "memory_transformer_lm_tiny")
 def memory_lm_tiny(args):
-    for name, value in (("decoder_embed_dim", 32), ("decoder_ffn_embed_dim", 64), ("decoder_layers", 6),
-                        ("decoder_attention_heads", 2), ("lrm_len", 32), ("srm_len", 8)):
-        _default(args, name, value)
+    _fill(args, decoder_embed_dim=32, decoder_ffn_embed_dim=64, decoder_layers=6, decoder_attention_heads=2,
+          lrm_len=32, srm_len=8)
     memory_lm_base(args)

@@ -15,17 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
+from ..options import FIXED_GRID_METHODS, ODE_METHODS, add_options, default, fill_defaults
 from .position_aware_layers import AttentionPositions, LayerPositions, rows_at
 from .position_encoder import SIDES, AbsolutePositionEncoder, register_position_encoder
-
-# torchdiffeq method names (its public ``method=`` argument). Fixed-grid methods take a step
-# size; adaptive ones take rtol/atol.
-FIXED_GRID_METHODS = (
-    "euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"
-)
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-ODE_METHODS = FIXED_GRID_METHODS + ADAPTIVE_METHODS
-
 
 class FloaterNumericalError(FloatingPointError):
     """The FLOATER ODE produced NaN/Inf: training must stop instead of learning from it."""
@@ -41,7 +33,7 @@ class FloaterDynamics(nn.Module):
     created in float32 by FloaterPositionSignal), float64 for float64 checks.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, init_std: float = 0.02):
+    def __init__(self, dim: int, hidden_dim: int, init_std: float = default("floater_init_std")):
         super().__init__()
         self.input_layer = nn.Linear(dim + 1, hidden_dim)
         self.output_layer = nn.Linear(hidden_dim + 1, dim)
@@ -80,14 +72,14 @@ class FloaterPositionSignal(nn.Module):
         self,
         num_trajectories: int,
         dim: int,
-        dt: float = 0.1,
-        method: str = "rk4",
-        step_size: Optional[float] = None,
-        rtol: float = 1e-4,
-        atol: float = 1e-6,
-        adjoint: bool = False,
-        hidden_dim: Optional[int] = None,
-        init_std: float = 0.02,
+        dt: float = default("floater_dt"),
+        method: str = default("floater_method"),
+        step_size: Optional[float] = default("floater_step_size"),
+        rtol: float = default("floater_rtol"),
+        atol: float = default("floater_atol"),
+        adjoint: bool = default("floater_adjoint"),
+        hidden_dim: Optional[int] = default("floater_hidden_dim"),
+        init_std: float = default("floater_init_std"),
         initial_value_std: float = 0.0,
     ):
         super().__init__()
@@ -259,31 +251,11 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
 
     @staticmethod
     def add_args(group):
-        group.add_argument("--floater-dt", type=float, metavar="DT",
-                           help="time between consecutive positions, t_i = i*DT "
-                                "(default 0.1 as in the paper; the authors' code used 0.01)")
-        group.add_argument("--floater-method", choices=ODE_METHODS, help="torchdiffeq solver (default rk4)")
-        group.add_argument("--floater-step-size", type=float, metavar="H",
-                           help="step of fixed-grid solvers (default DT/5, the paper's setting)")
-        group.add_argument("--floater-rtol", type=float, help="rtol of adaptive solvers (default 1e-4)")
-        group.add_argument("--floater-atol", type=float, help="atol of adaptive solvers (default 1e-6)")
-        group.add_argument("--floater-adjoint", action="store_true",
-                           help="backpropagate with the adjoint method (O(1) memory in length)")
-        group.add_argument("--floater-hidden-dim", type=int, metavar="N",
-                           help="hidden width of the dynamics h (default: embedding dim)")
-        group.add_argument("--floater-init-std", type=float,
-                           help="std of h's output layer at initialisation (default 0.02; 0 = h == 0)")
+        add_options(group, "floater")
 
     @staticmethod
     def set_defaults(args):
-        for name, value in (("floater_dt", 0.1), ("floater_method", "rk4"), ("floater_rtol", 1e-4),
-                            ("floater_atol", 1e-6), ("floater_init_std", 0.02)):
-            if getattr(args, name, None) is None:
-                setattr(args, name, value)
-        # None means: step dt/5, hidden width = embedding dim
-        for name in ("floater_step_size", "floater_hidden_dim"):
-            setattr(args, name, getattr(args, name, None))
-        args.floater_adjoint = getattr(args, "floater_adjoint", False)
+        fill_defaults(args, "floater")
 
     @classmethod
     def configure(cls, args, cfg):

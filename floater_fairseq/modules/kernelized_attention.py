@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..options import add_options, fill_defaults
 from .position_aware_layers import PositionAwareAttention
 
-SELF_ATTENTION_KINDS = ("softmax", "kernelized-rpe")
 
 
 @dataclass
@@ -210,37 +210,17 @@ def kernelized_rpe_attention(q: Tensor, k: Tensor, v: Tensor, rpe_bias: Tensor, 
 
 
 def add_self_attention_args(parser):
-    parser.add_argument("--encoder-self-attention", choices=SELF_ATTENTION_KINDS,
-                        help="encoder self-attention: softmax (default) or kernelized-rpe (Luo et al. 2021)")
-    parser.add_argument("--decoder-self-attention", choices=SELF_ATTENTION_KINDS,
-                        help="decoder self-attention: softmax (default) or causal kernelized-rpe")
-    parser.add_argument("--kernelized-features", type=int, metavar="M",
-                        help="kernelized-rpe: random features per head (default 64)")
-    parser.add_argument("--kernelized-feature-redraw", action="store_true",
-                        help="kernelized-rpe: draw new random features at every training step "
-                             "(default: fixed features, saved in the checkpoint)")
-    parser.add_argument("--kernelized-rpe-window", type=int, metavar="W",
-                        help="kernelized-rpe: learn b_{j-i} for |j - i| <= W, longer offsets share the "
-                             "edge value (default 0: the full range, max positions - 1)")
-    parser.add_argument("--kernelized-fft-min-length", type=int, metavar="N",
-                        help="kernelized-rpe: evaluate the same sums directly, O(n^2 m), for inputs "
-                             "shorter than N tokens, where that is faster than the FFT (default 0: always FFT)")
+    add_options(parser, "self-attention")
 
 
 def self_attention_defaults(args):
-    for name, value in (("encoder_self_attention", "softmax"), ("decoder_self_attention", "softmax"),
-                        ("kernelized_features", 64), ("kernelized_feature_redraw", False),
-                        ("kernelized_rpe_window", 0), ("kernelized_fft_min_length", 0)):
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
+    fill_defaults(args, "self-attention")
 
 
 def self_attention_module(args, side: str):
     """The factory a layer builds its self-attention with, or None for fairseq's softmax."""
     if getattr(args, f"{side}_self_attention") != "kernelized-rpe":
         return None
-    if args.kernelized_rpe_window < 0:
-        raise ValueError(f"--kernelized-rpe-window must be >= 0, got {args.kernelized_rpe_window}")
     options = KernelizedAttentionOptions(args.kernelized_features, args.kernelized_feature_redraw,
                                          args.kernelized_rpe_window, args.kernelized_fft_min_length)
     max_positions = args.max_source_positions if side == "encoder" else args.max_target_positions

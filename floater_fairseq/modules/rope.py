@@ -9,6 +9,7 @@ from typing import Tuple
 
 import torch
 
+from ..options import add_options, fill_defaults
 from .position_aware_layers import AttentionPositions, LayerPositions, PositionIndex
 from .position_encoder import PositionEncoder, register_position_encoder
 
@@ -29,12 +30,11 @@ class RotaryPositionEncoder(PositionEncoder):
 
     @staticmethod
     def add_args(group):
-        group.add_argument("--rope-base", type=float, help="RoPE frequency base (default 10000)")
+        add_options(group, "rope")
 
     @staticmethod
     def set_defaults(args):
-        if getattr(args, "rope_base", None) is None:
-            args.rope_base = 10000.0
+        fill_defaults(args, "rope")
 
     def rotation(self, index: PositionIndex, head_dim: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin) [T, B|1, head_dim] in float32 for the positions ``index``."""

@@ -18,9 +18,9 @@ import math
 import torch
 from torch import nn
 
+from ..options import BASES, add_options, fill_defaults
 from .position_encoder import AbsolutePositionEncoder, register_position_encoder
 
-BASES = ("gaussian", "triangle", "impulse", "square", "rff")
 
 
 def shifted_basis(kind: str, max_positions: int, size: int, width: float, seed: int = 0) -> torch.Tensor:
@@ -75,22 +75,11 @@ class ShiftedBasisEncoder(AbsolutePositionEncoder):
 
     @staticmethod
     def add_args(group):
-        group.add_argument("--basis", choices=BASES, help="shifted-basis function psi (default gaussian)")
-        group.add_argument("--basis-size", type=int, metavar="D", help="number of basis functions (default 64)")
-        group.add_argument("--basis-width", type=float, metavar="W",
-                           help="width of psi in tokens (default: L_max / D, the centre spacing)")
-        group.add_argument("--basis-max-positions", type=int, metavar="L",
-                           help="positions covered by the basis, L_max (default 256); no extrapolation")
-        group.add_argument("--basis-projection", choices=("linear", "none"),
-                           help="learned Linear(D -> d) per table (default linear), or none (D must equal d)")
-        group.add_argument("--basis-seed", type=int, help="seed of the rff frequencies (default 0)")
+        add_options(group, "shifted-basis")
 
     @staticmethod
     def set_defaults(args):
-        for name, value in (("basis", "gaussian"), ("basis_size", 64), ("basis_width", None),
-                            ("basis_max_positions", 256), ("basis_projection", "linear"), ("basis_seed", 0)):
-            if getattr(args, name, None) is None:
-                setattr(args, name, value)
+        fill_defaults(args, "shifted-basis")
 
     def max_positions(self, side):
         return self.length

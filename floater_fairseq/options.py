@@ -1,0 +1,165 @@
+"""Every flag floater_fairseq adds to fairseq, stated once: group, type, default, range and help.
+
+argparse (``add_options``), the architectures' defaults (``fill_defaults``), the config generator
+(scripts/make-configs.py) and the flag tables of docs/ (``python -m floater_fairseq.options``)
+all read ``OPTIONS``. A default of None is explained by the help text (e.g. "DT/5").
+"""
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+# torchdiffeq's method names (its public ``method=`` argument). Fixed-grid methods take a step
+# size; adaptive ones take rtol/atol.
+FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+ODE_METHODS = FIXED_GRID_METHODS + ADAPTIVE_METHODS
+POSITION_BLOCKS = ("all", "input")
+SELF_ATTENTION_KINDS = ("softmax", "kernelized-rpe")
+BASES = ("gaussian", "triangle", "impulse", "square", "rff")
+PLACEMENTS = ("interleaved", "first", "last")
+MEMORY_POSITIONS = ("relative", "floater")
+
+
+@dataclass(frozen=True)
+class Option:
+    group: str  # the component that reads it
+    flag: str
+    default: Any
+    help: str
+    type: Optional[type] = None
+    choices: Optional[Tuple[str, ...]] = None
+    bounds: Optional[Tuple[float, float, bool]] = None  # (low, high, low inclusive); high inclusive
+    metavar: Optional[str] = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+    @property
+    def is_switch(self) -> bool:
+        return self.type is bool
+
+    def parse(self, text: str):
+        value = self.type(text)
+        if self.bounds is not None:
+            low, high, inclusive = self.bounds
+            if not ((value >= low if inclusive else value > low) and value <= high):
+                interval = f"{'[' if inclusive else '('}{low:g}, {high:g}{']' if high != math.inf else ')'}"
+                raise argparse.ArgumentTypeError(f"{self.flag} must be in {interval}, got {text}")
+        return value
+
+
+INF = math.inf
+_OPTIONS = [
+    # which position encoder, and where (models/floater_transformer.py)
+    Option("position", "--pos-encoder", "floater", "position encoder (choices: the registered encoders)"),
+    Option("position", "--pos-blocks", "all", "all: at every block (FLOATER: q/k/v biases, Eqs. 11-13; "
+           "sinusoidal/learned/shifted-basis: added to each block input, Eqs. 7, 10); input: at the input "
+           "embeddings only", choices=POSITION_BLOCKS),
+    # FLOATER (modules/floater.py); the memory LM reads the solver ones too
+    Option("floater", "--floater-dt", 0.1, "time between consecutive positions, t_i = i*DT (the paper's "
+           "0.1; the authors' code used 0.01)", float, bounds=(0, INF, False), metavar="DT"),
+    Option("floater", "--floater-method", "rk4", "torchdiffeq solver", choices=ODE_METHODS),
+    Option("floater", "--floater-step-size", None, "step of fixed-grid solvers (None: DT/5, the paper's "
+           "setting); at most DT", float, bounds=(0, INF, False), metavar="H"),
+    Option("floater", "--floater-rtol", 1e-4, "rtol of adaptive solvers", float, bounds=(0, 1, False)),
+    Option("floater", "--floater-atol", 1e-6, "atol of adaptive solvers", float, bounds=(0, 1, False)),
+    Option("floater", "--floater-adjoint", False, "backpropagate with the adjoint method (O(1) memory in "
+           "length)", bool),
+    Option("floater", "--floater-hidden-dim", None, "hidden width of the dynamics h (None: the embedding "
+           "dim)", int, bounds=(1, INF, True), metavar="N"),
+    Option("floater", "--floater-init-std", 0.02, "std of h's output layer at initialisation (0: h == 0)",
+           float, bounds=(0, INF, True)),
+    # shifted-basis encoders (modules/shifted_basis.py)
+    Option("shifted-basis", "--basis", "gaussian", "shifted-basis function psi", choices=BASES),
+    Option("shifted-basis", "--basis-size", 64, "number of basis functions D", int, bounds=(1, INF, True),
+           metavar="D"),
+    Option("shifted-basis", "--basis-width", None, "width of psi in tokens (None: L_max / D, the centre "
+           "spacing)", float, bounds=(0, INF, False), metavar="W"),
+    Option("shifted-basis", "--basis-max-positions", 256, "positions covered by the basis, L_max (no "
+           "extrapolation)", int, bounds=(1, INF, True), metavar="L"),
+    Option("shifted-basis", "--basis-projection", "linear", "learned Linear(D -> d) per table, or none (D "
+           "must equal d)", choices=("linear", "none")),
+    Option("shifted-basis", "--basis-seed", 0, "seed of the rff frequencies", int),
+    # RoPE (modules/rope.py)
+    Option("rope", "--rope-base", 10000.0, "RoPE frequency base", float, bounds=(1, INF, False)),
+    # kernelized attention (modules/kernelized_attention.py)
+    Option("self-attention", "--encoder-self-attention", "softmax", "encoder self-attention: softmax or "
+           "kernelized-rpe (Luo et al. 2021)", choices=SELF_ATTENTION_KINDS),
+    Option("self-attention", "--decoder-self-attention", "softmax", "decoder self-attention: softmax or "
+           "causal kernelized-rpe", choices=SELF_ATTENTION_KINDS),
+    Option("self-attention", "--kernelized-features", 64, "kernelized-rpe: random features per head", int,
+           bounds=(1, INF, True), metavar="M"),
+    Option("self-attention", "--kernelized-feature-redraw", False, "kernelized-rpe: draw new random "
+           "features at every training step (default: fixed, saved in the checkpoint)", bool),
+    Option("self-attention", "--kernelized-rpe-window", 0, "kernelized-rpe: learn b_{j-i} for |j - i| <= W, "
+           "longer offsets share the edge value (0: the full range)", int, bounds=(0, INF, True), metavar="W"),
+    Option("self-attention", "--kernelized-fft-min-length", 0, "kernelized-rpe: evaluate the same sums "
+           "directly, O(n^2 m), for inputs shorter than N tokens (0: always FFT)", int, bounds=(0, INF, True),
+           metavar="N"),
+    # the long-range-memory LM (models/memory_transformer_lm.py)
+    Option("memory-lm", "--lrm-layers", None, "layers with long-range memory (None: all)", int,
+           bounds=(0, INF, True), metavar="K"),
+    Option("memory-lm", "--lrm-placement", "interleaved", "where the K long-memory layers sit", choices=PLACEMENTS),
+    Option("memory-lm", "--lrm-len", 512, "long-range memory length", int, bounds=(0, INF, True), metavar="M"),
+    Option("memory-lm", "--srm-len", 128, "short-range memory length of the other layers", int,
+           bounds=(0, INF, True), metavar="M"),
+    Option("memory-lm", "--srm-attention-range", 0, "short-memory layers attend to at most the last R "
+           "positions (0: all they keep)", int, bounds=(0, INF, True), metavar="R"),
+    Option("memory-lm", "--memory-positions", "relative", "relative (Transformer-XL) or floater (window "
+           "positions)", choices=MEMORY_POSITIONS),
+]
+OPTIONS: Dict[str, Option] = {option.dest: option for option in _OPTIONS}
+
+
+def default(name: str):
+    return OPTIONS[name].default
+
+
+def add_options(parser, group: str, **choices):
+    """Add a group's flags; ``choices`` overrides a flag's choices (e.g. the encoder registry).
+    Flags carry no argparse default, so the architectures' ``fill_defaults`` can tell what the
+    user gave."""
+    for option in _OPTIONS:
+        if option.group != group:
+            continue
+        shown = "off" if option.is_switch else option.default
+        kwargs = {"help": f"{option.help} (default: {shown})"}
+        if option.is_switch:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["choices"] = choices.get(option.dest, option.choices)
+            if option.type is not None:
+                kwargs["type"], kwargs["metavar"] = option.parse, option.metavar or option.type.__name__.upper()
+        parser.add_argument(option.flag, **kwargs)
+
+
+def fill_defaults(args, *groups: str):
+    """Set every flag of ``groups`` that the user did not give to its default (never overwrites)."""
+    for option in _OPTIONS:
+        if option.group in groups and getattr(args, option.dest, None) is None:
+            setattr(args, option.dest, option.default)
+
+
+def markdown_table(*groups: str) -> str:
+    lines = ["| flag | default | values | meaning |", "|---|---|---|---|"]
+    for option in _OPTIONS:
+        if groups and option.group not in groups:
+            continue
+        if option.choices:
+            values = ", ".join(option.choices)
+        elif option.bounds:
+            low, high, inclusive = option.bounds
+            values = f"{option.type.__name__} {'>=' if inclusive else '>'} {low:g}" + (
+                f", <= {high:g}" if high != INF else "")
+        else:
+            values = "switch" if option.is_switch else (option.type.__name__ if option.type else "text")
+        shown = "off" if option.is_switch else f"`{option.default}`"
+        lines.append(f"| `{option.flag}` | {shown} | {values} | {option.help} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table(*sys.argv[1:]))
