@@ -22,6 +22,12 @@ from conftest import USER_DIR, build_model, random_tokens
     (["--arch", "floater_transformer_tinyy"], r"--arch/-a: invalid choice: 'floater_transformer_tinyy'"),
     (["--arch", "floater_transformer_tiny", "--encoder-self-attention", "linear"],
      r"--encoder-self-attention: invalid choice: 'linear' \(choose from 'softmax', 'kernelized-rpe'\)"),
+    # ranges come from floater_fairseq.options and are checked when the flag is parsed
+    (["--arch", "floater_transformer_tiny", "--floater-dt", "0"], r"--floater-dt must be in \(0, inf\), got 0"),
+    (["--arch", "floater_transformer_tiny", "--kernelized-rpe-window", "-1"],
+     r"--kernelized-rpe-window must be in \[0, inf\), got -1"),
+    (["--arch", "memory_transformer_lm_tiny", "--task", "language_modeling", "--lrm-len", "-3"],
+     r"--lrm-len must be in \[0, inf\), got -3"),
 ])
 def test_unknown_choices_are_refused_with_the_choices(flags, message, capsys):
     with pytest.raises(SystemExit) as exit:
