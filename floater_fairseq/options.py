@@ -6,6 +6,7 @@ all read ``OPTIONS``. A default of None is explained by the help text (e.g. "DT/
 """
 import argparse
 import math
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
@@ -161,5 +162,28 @@ def markdown_table(*groups: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+DOC_BLOCK = re.compile(r"(<!-- options: ([\w -]+) -->\n)(.*?)(<!-- /options -->)", re.S)
+
+
+def fill_doc_tables(text: str) -> str:
+    """Replace each ``<!-- options: GROUP ... -->`` block of a Markdown page by the groups' table."""
+    return DOC_BLOCK.sub(lambda m: m.group(1) + markdown_table(*m.group(2).split()) + m.group(4), text)
+
+
+def main(argv=None):
+    """python -m floater_fairseq.options [GROUP ...]          print the flag table
+    python -m floater_fairseq.options --write-docs FILE ...   refresh the tables in Markdown pages"""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--write-docs"]:
+        for path in argv[1:]:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(fill_doc_tables(text))
+        return 0
+    sys.stdout.write(markdown_table(*argv))
+    return 0
+
+
 if __name__ == "__main__":
-    sys.stdout.write(markdown_table(*sys.argv[1:]))
+    sys.exit(main())

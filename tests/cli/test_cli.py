@@ -117,17 +117,17 @@ def test_hub_interface_in_a_fresh_process(trained):
     assert re.search(r"^OUT t\d", result.stdout, re.M), result.stdout
 
 
-def test_generate_without_user_dir_fails_as_readme_documents(trained_compat):
+def test_generate_without_user_dir_fails_as_the_docs_say(trained_compat):
     data, checkpoint, _ = trained_compat
     result = run_cli("fairseq-generate", str(data / "bin"), "--path", str(checkpoint), "--cpu", check=False)
     assert result.returncode != 0
     # torch's safe loading stops first: the plugin that allow-lists fairseq's pickled Namespace is absent
     error = next(line.strip().split(". Please use")[0] for line in result.stderr.splitlines()
                  if "WeightsUnpickler error" in line)
-    with open(os.path.join(os.path.dirname(USER_DIR), "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    assert error in readme, f"README must quote fairseq's error: {error}"
-    assert "--user-dir" in readme
+    with open(os.path.join(os.path.dirname(USER_DIR), "docs", "method.md"), encoding="utf-8") as f:
+        page = f.read()
+    assert error in page, f"docs/method.md must quote fairseq's error: {error}"
+    assert "--user-dir" in page
 
 
 def test_hub_loader_of_this_package(trained_compat, tmp_path):

@@ -4,9 +4,10 @@ import os
 
 import torch
 
+from conftest import REPO
 from fairseq import checkpoint_utils
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "checkpoint-2026-11-25")
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "checkpoint-2026-11-25")
 
 
 def test_checkpoint_from_before_the_layout_change_gives_the_same_outputs():
