@@ -63,6 +63,10 @@ _OPTIONS = [
     Option("floater", "--floater-dt", 0.1, "time between consecutive positions, t_i = i*DT (the paper's "
            "0.1; the authors' code used 0.01)", float, bounds=(0, INF, False), metavar="DT"),
     Option("floater", "--floater-method", "rk4", "torchdiffeq solver", choices=ODE_METHODS),
+    Option("floater", "--floater-dynamics", "paper", "h: paper (the paper's MLP of t and p, unbounded), "
+           "dissipative (-gamma p + tanh(u): |p| bounded) or rotation (skew-symmetric: |p| constant; "
+           "starts as the sinusoid at --pos-blocks input); the bounded ones see t through sin/cos features",
+           choices=("paper", "dissipative", "rotation")),
     Option("floater", "--floater-step-size", None, "step of fixed-grid solvers (None: DT/5, the paper's "
            "setting); at most DT", float, bounds=(0, INF, False), metavar="H"),
     Option("floater", "--floater-rtol", 1e-4, "rtol of adaptive solvers", float, bounds=(0, 1, False)),

@@ -119,7 +119,8 @@ class MemoryTransformerDecoder(FairseqIncrementalDecoder):
         self.positions = None if relative else FloaterPositionSignal(
             args.decoder_layers, dim, dt=args.floater_dt, method=args.floater_method,
             step_size=args.floater_step_size, rtol=args.floater_rtol, atol=args.floater_atol,
-            adjoint=args.floater_adjoint, hidden_dim=args.floater_hidden_dim, init_std=args.floater_init_std)
+            adjoint=args.floater_adjoint, hidden_dim=args.floater_hidden_dim, init_std=args.floater_init_std,
+            dynamics=args.floater_dynamics)
         self.final_norm = LayerNorm(dim)
         self.max_target_positions = args.tokens_per_sample
         self._memory: Dict[bool, Optional[List[Optional[Tensor]]]] = {True: None, False: None}

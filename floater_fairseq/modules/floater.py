@@ -8,6 +8,7 @@ stacked into one [K, d] state and integrated by a single torchdiffeq ``odeint`` 
 """
 import contextlib
 import contextvars
+import math
 from typing import List, Optional
 
 import torch
@@ -54,6 +55,87 @@ class FloaterDynamics(nn.Module):
         return self._time_linear(self.output_layer, hidden, t)
 
 
+NUM_TIME_FREQUENCIES = 8
+
+
+class _BoundedTimeDynamics(nn.Module):
+    """Shared by the bounded families: an MLP u(phi(t), p) whose time input is bounded,
+    phi(t) = [sin(w_k t), cos(w_k t)], with fixed periods log-spaced from 4 to 1024 positions, so
+    a time never seen in training is not out of range. Output layer small (``init_std``; 0: u == 0)."""
+
+    def __init__(self, dim: int, hidden_dim: int, out_dim: int, init_std: float, dt: float):
+        super().__init__()
+        periods = torch.logspace(math.log10(4), math.log10(1024), NUM_TIME_FREQUENCIES)
+        self.register_buffer("frequencies", 2 * math.pi / (periods * dt), persistent=False)
+        self.input_layer = nn.Linear(dim + 2 * NUM_TIME_FREQUENCIES, hidden_dim)
+        self.output_layer = nn.Linear(hidden_dim, out_dim)
+        nn.init.normal_(self.output_layer.weight, std=init_std)
+        nn.init.zeros_(self.output_layer.bias)
+        self.num_evaluations = 0
+
+    def mlp(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        self.num_evaluations += 1
+        angles = t.to(p.dtype) * self.frequencies.to(p.dtype)
+        phi = torch.cat([torch.sin(angles), torch.cos(angles)])
+        weight = self.input_layer.weight.to(p.dtype)
+        dim = p.size(-1)
+        # W [p; phi] + c == W[:, :d] p + (c + W[:, d:] phi): phi is the same for every row
+        hidden = torch.relu(F.linear(p, weight[:, :dim], self.input_layer.bias.to(p.dtype) + weight[:, dim:] @ phi))
+        return F.linear(hidden, self.output_layer.weight.to(p.dtype), self.output_layer.bias.to(p.dtype))
+
+
+class DissipativeDynamics(_BoundedTimeDynamics):
+    """dp/dt = -gamma * p + tanh(u(phi(t), p)),  gamma_j = GAMMA_MIN + softplus(rho_j) > GAMMA_MIN.
+
+    Bound: each component obeys dp_j/dt = -gamma_j p_j + g_j with |g_j| < 1, so
+    |p_j(t)| <= max(|p_j(0)|, 1 / gamma_j) <= max(|p_j(0)|, 1 / GAMMA_MIN) for all t >= 0, whatever
+    the parameters. With u == 0 and p(0) = 0, p stays 0 (exact warm start)."""
+
+    GAMMA_MIN = 0.1
+
+    def __init__(self, dim: int, hidden_dim: int, init_std: float, dt: float):
+        super().__init__(dim, hidden_dim, dim, init_std, dt)
+        self.rho = nn.Parameter(torch.full((dim,), math.log(math.e - 1)))  # gamma = 0.1 + 1
+
+    def decay(self, dtype) -> torch.Tensor:
+        return self.GAMMA_MIN + F.softplus(self.rho.to(dtype))
+
+    def forward(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return -self.decay(p.dtype) * p + torch.tanh(self.mlp(t, p))
+
+
+class RotationDynamics(_BoundedTimeDynamics):
+    """Norm-preserving: dp/dt = Omega(t, p) p, Omega skew-symmetric and block-diagonal: component j
+    turns with component j + d/2 at angular velocity omega_j = omega0_j + u_j(phi(t), p).
+
+    Bound: d|p|^2/dt = 2 p^T Omega p = 0, so |p(t)| = |p(0)| for all t (up to the solver's error).
+    The sinusoid is its constant-Omega solution: with u == 0, omega0_j = w_j / dt (fairseq's
+    frequencies w_j = 10000^(-j/(d/2-1))) and p(0) = [0, ..., 0, 1, ..., 1],
+    p(t_i) = [sin(i w_j), cos(i w_j)] -- fairseq's sinusoidal encoding (its layout: sines first),
+    which this family starts from and learns away from."""
+
+    def __init__(self, dim: int, hidden_dim: int, init_std: float, dt: float):
+        if dim % 2:
+            raise ValueError(f"--floater-dynamics rotation turns pairs of dimensions: the dimension ({dim}) must be even")
+        half = dim // 2
+        super().__init__(dim, hidden_dim, half, init_std, dt)
+        frequencies = torch.exp(torch.arange(half, dtype=torch.float64) * -(math.log(10000) / max(half - 1, 1)))
+        self.base_velocity = nn.Parameter((frequencies / dt).float())
+
+    @staticmethod
+    def sinusoid_start(num_trajectories: int, dim: int) -> torch.Tensor:
+        return torch.cat([torch.zeros(num_trajectories, dim // 2), torch.ones(num_trajectories, dim // 2)], dim=1)
+
+    def forward(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        half = p.size(-1) // 2
+        velocity = self.base_velocity.to(p.dtype) + self.mlp(t, p)
+        sines, cosines = p[..., :half], p[..., half:]
+        return torch.cat([velocity * cosines, -velocity * sines], dim=-1)
+
+
+DYNAMICS = {"paper": FloaterDynamics, "dissipative": DissipativeDynamics, "rotation": RotationDynamics}
+
+
 class FloaterPositionSignal(nn.Module):
     """K position trajectories p_k(t) sharing one FloaterDynamics; ``table(n)`` -> [n, K, d].
 
@@ -81,6 +163,7 @@ class FloaterPositionSignal(nn.Module):
         hidden_dim: Optional[int] = default("floater_hidden_dim"),
         init_std: float = default("floater_init_std"),
         initial_value_std: float = 0.0,
+        dynamics: str = default("floater_dynamics"),
     ):
         super().__init__()
         if dt <= 0:
@@ -101,7 +184,12 @@ class FloaterPositionSignal(nn.Module):
         self.rtol = rtol
         self.atol = atol
         self.adjoint = adjoint
-        self.dynamics = FloaterDynamics(dim, hidden_dim or dim, init_std)
+        if dynamics not in DYNAMICS:
+            raise ValueError(f"FLOATER: unknown --floater-dynamics {dynamics!r}; choose one of {', '.join(DYNAMICS)}")
+        if dynamics == "paper":
+            self.dynamics = FloaterDynamics(dim, hidden_dim or dim, init_std)
+        else:
+            self.dynamics = DYNAMICS[dynamics](dim, hidden_dim or dim, init_std, dt)
         self.initial_values = nn.Parameter(torch.zeros(num_trajectories, dim))
         if initial_value_std > 0:
             nn.init.normal_(self.initial_values, std=initial_value_std)
@@ -246,8 +334,11 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
             dt=args.floater_dt, method=args.floater_method, step_size=args.floater_step_size,
             rtol=args.floater_rtol, atol=args.floater_atol, adjoint=args.floater_adjoint,
             hidden_dim=args.floater_hidden_dim, init_std=args.floater_init_std,
-            initial_value_std=0.0 if self.blocks == "all" else 1.0,
+            initial_value_std=0.0 if self.blocks == "all" else 1.0, dynamics=args.floater_dynamics,
         )
+        if self.blocks == "input" and args.floater_dynamics == "rotation":
+            with torch.no_grad():  # start as exactly fairseq's sinusoid (see RotationDynamics)
+                self.signal.initial_values.copy_(RotationDynamics.sinusoid_start(2, self.embed_dim))
 
     @staticmethod
     def add_args(group):
