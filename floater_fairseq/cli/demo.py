@@ -1,50 +1,55 @@
-"""The main job: does a learned, continuous position encoding extrapolate to longer inputs?
+"""The main job: do learned position dynamics extrapolate beyond the training lengths?
 
 Offline, on a fresh machine: a seeded synthetic translation task whose output order depends on
 positions (vocabulary mapping + reversal, see synthetic.py), trained on sentences of at most L
-words and tested on length buckets up to 4L. Trains fairseq's transformer (sinusoidal at the
-input), a learned absolute embedding, and floater_transformer (compatibility form and input form)
-with the stock fairseq tools, then prints sacreBLEU per length bucket and saves a plot.
+words and tested on length buckets up to 4L. With the stock fairseq tools it trains, for each
+of SEEDS seeds, the sinusoidal and learned input encodings, RoPE, and FLOATER at all blocks with
+each --floater-dynamics (paper, dissipative, rotation); then reports exact match and sacreBLEU
+per length bucket (mean +- std over seeds) and, for FLOATER, how the trajectories' norm grows at
+2x and 4x the training length (analyze_trajectories).
 
-    python -m floater_fairseq.cli.demo [--quick] [--out demo-out]
+Writes OUT/results.{md,json} and OUT/extrapolation.png, copies them to results/demo/ and the
+table into README.md (between the demo-results markers).
+
+    python -m floater_fairseq.cli.demo [--quick] [--out demo-out] [--seeds 3]
 """
 import argparse
 import os
 import re
 import shutil
+import statistics
 import time
 
 from .. import USER_DIR
+from ..files import copy_file, write_json, write_text
 from . import common
-from .length_buckets import bucket_bleu, parse_generate_output, plot
+from .analyze_positions import model_from_checkpoint
+from .analyze_trajectories import growth, trajectory_norms
+from .length_buckets import bucket_bleu, parse_generate_output
 from .synthetic import make_pairs, write_split
 
-
-SINUSOIDAL = "sinusoidal (input)"
-WARM_START = "FLOATER (all blocks), warm start"
-CONTINUED = "sinusoidal (input), continued"
-SYSTEMS = [  # (label, arch, extra flags)
-    (SINUSOIDAL, "transformer", []),
-    ("learned (input)", "floater_transformer", ["--pos-encoder", "learned", "--pos-blocks", "input"]),
-    ("FLOATER (all blocks)", "floater_transformer", ["--pos-blocks", "all"]),
-    # the paper's protocol (App. B.2): the sinusoidal model migrated exactly, fine-tuned at half LR ...
-    (WARM_START, "floater_transformer", ["--pos-blocks", "all"]),
-    # ... and its control: the same extra epochs, LR and resets without FLOATER
-    (CONTINUED, "transformer", []),
+SYSTEMS = [  # (label, flags of floater_transformer)
+    ("sinusoidal (input)", ["--pos-encoder", "sinusoidal", "--pos-blocks", "input"]),
+    ("learned (input)", ["--pos-encoder", "learned", "--pos-blocks", "input"]),
+    ("RoPE", ["--pos-encoder", "rope"]),
+    ("FLOATER paper", ["--pos-encoder", "floater", "--floater-dynamics", "paper"]),
+    ("FLOATER dissipative", ["--pos-encoder", "floater", "--floater-dynamics", "dissipative"]),
+    ("FLOATER rotation", ["--pos-encoder", "floater", "--floater-dynamics", "rotation"]),
 ]
-LR = 2e-3
+LR = 3e-3
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def settings(quick: bool) -> dict:
     if quick:
-        return dict(train=300, max_len=6, dim=16, layers=1, epochs=1, warm_epochs=1, test_per_bucket=5, vocab=10)
-    return dict(train=8000, max_len=12, dim=64, layers=2, epochs=25, warm_epochs=8, test_per_bucket=100, vocab=20)
+        return dict(train=300, max_len=6, dim=16, layers=1, epochs=1, test_per_bucket=5, vocab=10, max_tokens=500)
+    return dict(train=4000, max_len=12, dim=64, layers=2, epochs=15, test_per_bucket=50, vocab=20, max_tokens=1500)
 
 
 def run(name, *args, log=None):
     def summary(line):  # one line per epoch, labelled with the run
-        if log and re.search(r"\| (train|valid) \| epoch", line):
-            return f"    {log}: {line.split(' | ', 2)[-1].strip()[:110]}\n"
+        if log and re.search(r"\| valid \| epoch", line):
+            return f"    {log}: {line.split(' | ', 2)[-1].strip()[:100]}\n"
         return None
     try:
         return common.run([common.tool(name), *args], quiet=True, show=summary)
@@ -56,7 +61,7 @@ def make_data(out: str, cfg: dict) -> list:
     raw = os.path.join(out, "raw")
     length = cfg["max_len"]
     write_split(raw, "train", make_pairs(cfg["train"], 1, length, cfg["vocab"], seed=1))
-    write_split(raw, "valid", make_pairs(max(50, cfg["train"] // 20), 1, length, cfg["vocab"], seed=2))
+    write_split(raw, "valid", make_pairs(200, 1, length, cfg["vocab"], seed=2))
     buckets = [(1 + k * length, (k + 1) * length) for k in range(4)]  # up to 4L words
     test = []
     for k, (lo, hi) in enumerate(buckets):
@@ -68,75 +73,147 @@ def make_data(out: str, cfg: dict) -> list:
     return buckets
 
 
-def save_dir_of(out, label):
-    return os.path.join(out, "checkpoints", re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-"))
-
-
-def train_and_decode(out, label, arch, extra, cfg):
-    save_dir = save_dir_of(out, label)
+def train_and_decode(out, label, flags, seed, cfg):
+    save_dir = os.path.join(out, "checkpoints", re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") + f"-seed{seed}")
     dim, layers = str(cfg["dim"]), str(cfg["layers"])
     start = time.time()
-    epochs, lr = cfg["epochs"], LR
-    if label in (WARM_START, CONTINUED):  # start from the trained vanilla model, fine-tune at half the LR
-        os.makedirs(save_dir, exist_ok=True)
-        initial = os.path.join(save_dir_of(out, SINUSOIDAL), "checkpoint_last.pt")
-        if label == WARM_START:
-            initial = os.path.join(save_dir, "warm_start.pt")
-            run("python", "-m", "floater_fairseq.cli.migrate", os.path.join(save_dir_of(out, SINUSOIDAL), "checkpoint_last.pt"),
-                initial)
-        extra = [*extra, "--restore-file", initial, "--reset-optimizer", "--reset-lr-scheduler",
-                 "--reset-dataloader", "--reset-meters"]
-        epochs, lr = cfg["warm_epochs"], LR / 2
-    run("fairseq-train", os.path.join(out, "bin"), "--user-dir", USER_DIR, "--arch", arch, *extra,
+    run("fairseq-train", os.path.join(out, "bin"), "--user-dir", USER_DIR, "--arch", "floater_transformer", *flags,
         "--encoder-embed-dim", dim, "--decoder-embed-dim", dim, "--encoder-ffn-embed-dim", str(2 * cfg["dim"]),
         "--decoder-ffn-embed-dim", str(2 * cfg["dim"]), "--encoder-layers", layers, "--decoder-layers", layers,
         "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--share-all-embeddings",
-        "--dropout", "0.1", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", str(lr),
-        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "200", "--clip-norm", "1.0",
-        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "4000",
-        "--max-epoch", str(epochs), "--save-dir", save_dir, "--no-epoch-checkpoints", "--seed", "1",
-        "--no-progress-bar", "--log-interval", "1000", "--cpu", log=label)
-    train_seconds = time.time() - start
-    output = run("fairseq-generate", os.path.join(out, "bin"), "--user-dir", USER_DIR,
-                 "--path", os.path.join(save_dir, "checkpoint_last.pt"), "--beam", "4", "--batch-size", "64",
-                 "--required-batch-size-multiple", "1", "--max-len-a", "1.2", "--max-len-b", "5", "--cpu")
+        "--dropout", "0.1", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", str(LR),
+        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100", "--clip-norm", "1.0",
+        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+        "--max-tokens", str(cfg["max_tokens"]), "--max-epoch", str(cfg["epochs"]), "--save-dir", save_dir,
+        "--no-epoch-checkpoints", "--seed", str(seed), "--no-progress-bar", "--log-interval", "1000", "--cpu",
+        log=f"{label}, seed {seed}")
+    seconds = time.time() - start
+    checkpoint = os.path.join(save_dir, "checkpoint_last.pt")
+    output = run("fairseq-generate", os.path.join(out, "bin"), "--user-dir", USER_DIR, "--path", checkpoint,
+                 "--beam", "4", "--batch-size", "64", "--required-batch-size-multiple", "1", "--max-len-a", "1.2",
+                 "--max-len-b", "5", "--cpu")
     sources, references, hypotheses = parse_generate_output(output)
-    return hypotheses, sources, references, train_seconds
+    return sources, references, hypotheses, checkpoint, seconds
+
+
+def exact_match(hypotheses, lengths, references, buckets):
+    scores = []
+    for low, high in buckets:
+        ids = [i for i, n in lengths.items() if low <= n <= high]
+        scores.append(100.0 * sum(hypotheses.get(i, "") == references[i] for i in ids) / max(len(ids), 1))
+    return scores
+
+
+def mean_std(values):
+    values = [v for v in values if v == v]  # drop NaN
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def cell(values, digits=1):
+    mean, std = mean_std(values)
+    return "n/a" if mean != mean else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def render(results, buckets, cfg, seeds):
+    names = [f"{lo}-{hi}" for lo, hi in buckets]
+    lines = [f"Synthetic reversal task, training sentences of 1-{cfg['max_len']} words, "
+             f"{len(seeds)} seeds (mean ± std); beam 4.", "",
+             "Exact match (% of sentences) by source length:", "",
+             "| system | " + " | ".join(names) + " | train time |", "|---" * (len(names) + 2) + "|"]
+    for label, runs in results.items():
+        lines.append(f"| {label} | " + " | ".join(cell([r["exact"][k] for r in runs]) for k in range(len(names)))
+                     + f" | {statistics.mean(r['seconds'] for r in runs):.0f} s |")
+    lines += ["", "sacreBLEU by source length:", "", "| system | " + " | ".join(names) + " |",
+              "|---" * (len(names) + 1) + "|"]
+    for label, runs in results.items():
+        lines.append(f"| {label} | " + " | ".join(cell([r["bleu"][k] for r in runs]) for k in range(len(names))) + " |")
+    lines += ["", "FLOATER trajectory norm growth (median over trajectories of |p| at kL / |p| at L, "
+              f"L = {cfg['max_len'] + 1} tokens):", "", "| system | 2x | 4x |", "|---|---|---|"]
+    for label, runs in results.items():
+        if "growth" in runs[0]:
+            lines.append(f"| {label} | {cell([r['growth']['2x'] for r in runs], 2)} | "
+                         f"{cell([r['growth']['4x'] for r in runs], 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path, results, buckets, cfg):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = range(len(buckets))
+    for label, runs in results.items():
+        for axis, key in zip(axes, ("exact", "bleu")):
+            stats = [mean_std([r[key][k] for r in runs]) for k in x]
+            axis.errorbar(x, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=label)
+    for axis, name in zip(axes, ("exact match (%)", "sacreBLEU")):
+        axis.set_xticks(list(x), [f"{lo}-{hi}" for lo, hi in buckets])
+        axis.set_xlabel(f"source length (training: <= {cfg['max_len']})")
+        axis.set_ylabel(name)
+    axes[1].legend(fontsize=8)
+    figure.suptitle("Extrapolation to longer inputs (mean ± std over seeds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def update_readme(readme: str, table: str):
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    block = re.compile(r"(<!-- demo-results -->\n).*?(<!-- /demo-results -->)", re.S)
+    if not block.search(text):
+        raise SystemExit(f"demo: {readme} has no <!-- demo-results --> block to update")
+    write_text(readme, block.sub(lambda m: m.group(1) + table + m.group(2), text))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds), for tests")
-    parser.add_argument("--out", default="demo-out")
+    parser.add_argument("--out", default="demo-out", help="work folder (data, checkpoints, results)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--systems", help="comma-separated labels to run (default: all)")
+    parser.add_argument("--results", default=os.path.join(REPO, "results", "demo"),
+                        help="where the results are copied ('' : nowhere)")
+    parser.add_argument("--readme", default=os.path.join(REPO, "README.md"), help="README to update ('' : none)")
     args = parser.parse_args(argv)
     cfg = settings(args.quick)
+    seeds = list(range(1, args.seeds + 1))
+    systems = [s for s in SYSTEMS if not args.systems or s[0] in args.systems.split(",")]
     for derived in ("raw", "bin", "checkpoints"):  # a re-run starts from scratch (fairseq would resume)
         shutil.rmtree(os.path.join(args.out, derived), ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
     print(f"[1/3] synthetic task: {cfg['train']} training pairs of 1-{cfg['max_len']} words, "
           f"test buckets up to {4 * cfg['max_len']} words", flush=True)
     buckets = make_data(args.out, cfg)
-    results = {}
-    for i, (label, arch, extra) in enumerate(SYSTEMS):
-        epochs = (f"{cfg['warm_epochs']} epochs after {SINUSOIDAL}" if label in (WARM_START, CONTINUED)
-                  else f"{cfg['epochs']} epochs")
-        print(f"[2/3] training {label} ({i + 1}/{len(SYSTEMS)}), {epochs}", flush=True)
-        hyps, srcs, refs, seconds = train_and_decode(args.out, label, arch, extra, cfg)
-        lengths = {i: len(src.split()) for i, src in srcs.items()}
-        results[label] = ([bleu for bleu, _ in bucket_bleu(hyps, lengths, refs, buckets)], seconds)
-    print("[3/3] sacreBLEU by source length (training sentences have at most "
-          f"{cfg['max_len']} words)\n", flush=True)
-    header = "| system | " + " | ".join(f"{lo}-{hi}" for lo, hi in buckets) + " | train time |"
-    lines = [header, "|" + "---|" * (len(buckets) + 2)]
-    for label, (scores, seconds) in results.items():
-        lines.append(f"| {label} | " + " | ".join(f"{s:.1f}" for s in scores) + f" | {seconds:.0f} s |")
-    table = "\n".join(lines)
-    print(table)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table + "\n")
-    plot(os.path.join(args.out, "bleu_by_length.png"), buckets, {label: scores for label, (scores, _) in results.items()},
-         train_max_len=cfg["max_len"], title="Synthetic reversal task: BLEU by source length")
-    print(f"\nwrote {args.out}/results.md and {args.out}/bleu_by_length.png")
+    results, started = {}, time.time()
+    for i, (label, flags) in enumerate(systems):
+        for seed in seeds:
+            print(f"[2/3] {label} ({i + 1}/{len(systems)}), seed {seed}, {cfg['epochs']} epochs", flush=True)
+            sources, refs, hyps, checkpoint, seconds = train_and_decode(args.out, label, flags, seed, cfg)
+            lengths = {j: len(src.split()) for j, src in sources.items()}
+            run_result = {"seed": seed, "seconds": seconds,
+                          "exact": exact_match(hyps, lengths, refs, buckets),
+                          "bleu": [bleu for bleu, _ in bucket_bleu(hyps, lengths, refs, buckets)]}
+            if "floater" in flags:
+                norms = trajectory_norms(model_from_checkpoint(checkpoint), 4 * (cfg["max_len"] + 1))
+                run_result["growth"] = {f"{k}x": growth(norms, cfg["max_len"] + 1, k) for k in (2, 4)}
+            results.setdefault(label, []).append(run_result)
+    table = render(results, buckets, cfg, seeds)
+    print(f"[3/3] results ({(time.time() - started) / 60:.1f} min)\n\n{table}", flush=True)
+    write_text(os.path.join(args.out, "results.md"), table)
+    write_json(os.path.join(args.out, "results.json"), {"settings": cfg, "buckets": buckets, "seeds": seeds,
+                                                         "results": results})
+    plot(os.path.join(args.out, "extrapolation.png"), results, buckets, cfg)
+    if args.results:
+        for name in ("results.md", "results.json", "extrapolation.png"):
+            copy_file(os.path.join(args.out, name), os.path.join(args.results, name))
+    if args.readme:
+        update_readme(args.readme, table)
+    print(f"wrote {args.out}/results.md, results.json, extrapolation.png"
+          + (f"; copied to {args.results}" if args.results else "") + (f"; updated {args.readme}" if args.readme else ""))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,30 @@
-"""`make demo` in its --quick form: the real pipeline, tiny sizes."""
+"""`make demo` in its --quick form: the real pipeline, tiny sizes, 2 seeds."""
+import json
 import os
 import re
+import shutil
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 
-def test_demo_quick_prints_a_bleu_by_length_table(tmp_path):
-    out = tmp_path / "demo"
-    result = run_cli("python", "-m", "floater_fairseq.cli.demo", "--quick", "--out", str(out))
+def test_demo_quick_reports_every_system_over_seeds_and_updates_the_readme(tmp_path):
+    out, results, readme = tmp_path / "demo", tmp_path / "results", tmp_path / "README.md"
+    shutil.copy(os.path.join(REPO, "README.md"), readme)
+    systems = "sinusoidal (input),FLOATER paper,FLOATER dissipative"
+    result = run_cli("python", "-m", "floater_fairseq.cli.demo", "--quick", "--seeds", "2", "--systems", systems,
+                     "--out", str(out), "--results", str(results), "--readme", str(readme))
     table = (out / "results.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "system" not in line]
-    assert [row.split(" | ")[0] for row in rows] == [
-        "| sinusoidal (input)", "| learned (input)", "| FLOATER (all blocks)", "| FLOATER (all blocks), warm start",
-        "| sinusoidal (input), continued"]
-    assert "[2/3] training FLOATER (all blocks), warm start (4/5), 1 epochs after sinusoidal (input)" in result.stdout
-    assert "floater_fairseq.cli.migrate" not in result.stderr  # the exact warm start ran without complaint
-    for row in rows:
-        scores = row.split(" | ")[1:5]
-        assert all(re.fullmatch(r"\d+\.\d", s) for s in scores), row
-    assert table.strip() in result.stdout
-    assert os.path.getsize(out / "bleu_by_length.png") > 1000
+    assert (results / "results.md").read_text() == table and table.strip() in result.stdout
+    # the README's block is the demo's own output file, nothing else changed around it
+    text = readme.read_text()
+    assert re.search(r"<!-- demo-results -->\n(.*?)<!-- /demo-results -->", text, re.S).group(1) == table
+    data = json.loads((results / "results.json").read_text())
+    assert list(data["results"]) == systems.split(",")
+    for label, runs in data["results"].items():
+        assert [r["seed"] for r in runs] == [1, 2]
+        assert all(len(r["exact"]) == len(r["bleu"]) == 4 for r in runs)
+        assert ("growth" in runs[0]) == label.startswith("FLOATER")
+    rows = [line for line in table.splitlines() if line.startswith("| FLOATER dissipative")]
+    assert len(rows) == 3  # exact match, BLEU, growth
+    assert all(re.search(r"\d+\.\d+ ± \d+\.\d+", row) for row in rows)
+    assert os.path.getsize(results / "extrapolation.png") > 1000
