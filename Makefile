@@ -30,7 +30,7 @@ demo: venv
 	$(PY) -m floater_fairseq.cli.demo
 
 demo-quick: venv
-	$(PY) -m floater_fairseq.cli.demo --quick
+	$(PY) -m floater_fairseq.cli.demo --quick --out demo-quick --results '' --readme ''
 
 bench-speed: venv
 	bash scripts/bench-speed.sh

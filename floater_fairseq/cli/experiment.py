@@ -254,6 +254,42 @@ def table(dataset: str, rows=None, extra=()):
     return path
 
 
+def seed_table(dataset: str) -> str:
+    """results/DATASET/seeds/ROW-seedN.SUBSET.json -> results/DATASET-seeds.md: BLEU mean +- std over
+    seeds per row and subset, with the seeds, updates and training time behind each row."""
+    import statistics
+    folder = os.path.join(RESULTS_ROOT, dataset, "seeds")
+    runs = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        match = re.fullmatch(r"(.+)-seed(\d+)\.(\w+)\.json", name)
+        if match:
+            with open(os.path.join(folder, name)) as f:
+                runs.setdefault(match.group(1), {}).setdefault(match.group(3), []).append(json.load(f))
+    if not runs:
+        raise ExperimentError(f"no per-seed results in {folder}")
+
+    def cell(records):
+        scores = [r["bleu"] for r in records]
+        spread = f" ± {statistics.stdev(scores):.2f}" if len(scores) > 1 else ""
+        return f"{statistics.mean(scores):.2f}{spread} (n={len(scores)})"
+
+    lines = [f"# {dataset}: BLEU over seeds (mean ± std; checkpoint_last, sacreBLEU)", "",
+             "| row | test | valid | seeds | updates | train minutes (mean) |", "|---|---|---|---|---|---|"]
+    for row, subsets in runs.items():
+        test = subsets.get("test", [])
+        minutes = [r["train_seconds"] / 60 for r in test if "train_seconds" in r]
+        valid = subsets.get("valid", [])
+        seeds = ", ".join(str(r.get("seed")) for r in test) or "-"
+        updates = ", ".join(str(r.get("updates")) for r in test) or "-"
+        minutes = f"{statistics.mean(minutes):.0f}" if minutes else "-"
+        lines.append(f"| {row} | {cell(test) if test else '-'} | {cell(valid) if valid else '-'} | {seeds} | "
+                     f"{updates} | {minutes} |")
+    signatures = sorted({r["signature"] for subsets in runs.values() for rs in subsets.values() for r in rs})
+    text = "\n".join(lines + ["", f"sacreBLEU signature: {', '.join(signatures)}", ""])
+    write_text(os.path.join(RESULTS_ROOT, f"{dataset}-seeds.md"), text)
+    return text
+
+
 def render_table(dataset, results):
     paper = PAPER.get(dataset, {})
     lines = [f"# {dataset}: BLEU by position encoder (paper's Table 2 layout)", "",
@@ -291,6 +327,8 @@ def main(argv=None):
     p.add_argument("--average-last", type=int)
     p.add_argument("--output")
     p.add_argument("--subset", help="split to decode and score (default: the config's, else test)")
+    p = commands.add_parser("seeds", help="the per-seed results of a dataset as mean ± std")
+    p.add_argument("dataset")
     p = commands.add_parser("table")
     p.add_argument("dataset")
     p.add_argument("--rows", help="comma-separated rows (default: the six Table-2 rows)")
@@ -302,6 +340,8 @@ def main(argv=None):
             train(args.config, extra)
         elif args.command == "evaluate":
             evaluate(args.checkpoint_dir, args.config, args.average_last, args.output, args.subset)
+        elif args.command == "seeds":
+            print(seed_table(args.dataset))
         else:
             table(args.dataset, args.rows.split(",") if args.rows else None, extra)
     except (ExperimentError, ConfigError) as e:

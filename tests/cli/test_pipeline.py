@@ -248,3 +248,17 @@ def test_averaging_refuses_too_few_checkpoints_and_writes_nothing(tmp_path, caps
     code = average_checkpoints.main(["--inputs", str(tmp_path), "--num-epoch-checkpoints", "5", "--output", str(out)])
     assert code == 2 and "has 1 epoch (checkpointE.pt) checkpoints, 5 asked for" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
+    from floater_fairseq.cli import experiment
+    monkeypatch.setattr(experiment, "RESULTS_ROOT", str(tmp_path))
+    folder = tmp_path / "d" / "seeds"
+    folder.mkdir(parents=True)
+    for seed, bleu in ((1, 37.0), (2, 38.0), (3, 39.0)):
+        for subset, shift in (("test", 0.0), ("valid", 1.0)):
+            (folder / f"row-seed{seed}.{subset}.json").write_text(json.dumps(
+                {"bleu": bleu + shift, "seed": seed, "updates": 3036, "train_seconds": 600.0 * seed, "signature": "sig"}))
+    text = experiment.seed_table("d")
+    assert "| row | 38.00 ± 1.00 (n=3) | 39.00 ± 1.00 (n=3) | 1, 2, 3 | 3036, 3036, 3036 | 20 |" in text
+    assert (tmp_path / "d-seeds.md").read_text() == text
