@@ -132,6 +132,17 @@ def test_table_trains_warm_starts_evaluates_and_writes_the_table(table_run):
     assert "fairseq-train" not in again.stdout  # rows already done are skipped
 
 
+def test_train_log_has_each_line_once(table_run):
+    """fairseq 0.12's --log-file handler is added again every epoch (epoch N's lines N times);
+    experiment train writes train.log itself, once per line, across epochs and resumed runs."""
+    root, _, _ = table_run
+    log = (root / "checkpoints" / "tiny-de-en" / "sinusoidal-input" / "train.log").read_text().splitlines()
+    for tag in ("| INFO | train | epoch", "| INFO | valid | epoch"):
+        lines = [line for line in log if tag in line]
+        assert len(lines) >= 2, log[-20:]
+        assert len(lines) == len(set(lines)), tag
+
+
 def test_train_resumes_from_checkpoint_last(table_run):
     root, env, _ = table_run
     config = root / "configs" / "tiny-de-en" / "sinusoidal-input.yaml"
