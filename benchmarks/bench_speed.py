@@ -19,7 +19,7 @@ from fairseq.data import Dictionary
 from fairseq.models import ARCH_MODEL_REGISTRY
 from fairseq.sequence_generator import SequenceGenerator
 
-import floater_fairseq  # noqa: F401
+import floater_fairseq  # noqa: F401  (registers floater_transformer)
 
 SIZES = {
     # name: (arch suffix, extra flags)
@@ -77,6 +77,43 @@ def generate(model, dictionary, batch):
         generator.generate([model], {"net_input": {"src_tokens": src, "src_lengths": src_lengths}})
 
 
+# shape and view ops launch no kernel; everything else that is a leaf aten op does
+SHAPE_OPS = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::as_strided", "aten::expand", "aten::t",
+             "aten::transpose", "aten::permute", "aten::unsqueeze", "aten::squeeze", "aten::slice", "aten::select",
+             "aten::narrow", "aten::detach", "aten::alias", "aten::_unsafe_view", "aten::unbind", "aten::split",
+             "aten::chunk", "aten::empty", "aten::empty_strided", "aten::resolve_conj", "aten::resolve_neg",
+             "aten::lift_fresh", "aten::contiguous", "aten::size", "aten::stride", "aten::numpy_T", "aten::view_as",
+             "aten::expand_as", "aten::result_type", "aten::empty_like", "aten::flatten", "aten::is_nonzero",
+             "aten::item", "aten::_local_scalar_dense", "aten::to", "aten::_to_copy"}
+
+
+def leaf_op_count(model, batch) -> int:
+    """Kernel-launching aten ops of one forward + backward: profiler events named aten::* with no
+    aten::* children, shape/view ops excluded (a device-independent proxy for launches)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    src, src_lengths, prev, tgt = batch
+    model.train()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        logits, _ = model(src, src_lengths, prev)
+        torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1)).backward()
+    return sum(1 for event in prof.events() if event.name.startswith("aten::") and event.name not in SHAPE_OPS
+               and not any(child.name.startswith("aten::") for child in event.cpu_children))
+
+
+def op_counts(size, settings, lengths, dictionary, sentences=8):
+    """Extra leaf ops of FLOATER over the vanilla step, per setting and sentence length."""
+    arch_suffix, flags = SIZES[size]
+    vanilla = build(arch_suffix, flags, dictionary)
+    floaters = {setting: build("floater_" + arch_suffix, flags + SETTINGS[setting], dictionary) for setting in settings}
+    rows = []
+    for length in lengths:
+        batch = make_batches(dictionary, sentences * length, length, 1, seed=3)[0]
+        base = leaf_op_count(vanilla, batch)
+        rows.append((length, base, {s: leaf_op_count(m, batch) - base for s, m in floaters.items()}))
+    return rows
+
+
 def timed(fn, *args):
     start = time.perf_counter()
     fn(*args)
@@ -123,12 +160,23 @@ def main(argv=None):
     parser.add_argument("--gen-reps", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--ops", help="count extra leaf aten ops per training step instead of timing, at these "
+                                      "comma-separated lengths (8 sentences each), e.g. 50,100,200,400,1000")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dictionary = Dictionary()
     for i in range(args.vocab):
         dictionary.add_symbol(f"w{i}")
+    if args.ops:
+        settings = args.settings.split(",")
+        for size in args.sizes.split(","):
+            print(f"# {size}: leaf aten ops of one training step (forward + backward), 8 sentences; vanilla, "
+                  f"and FLOATER's extra ops per setting")
+            print(f"{'length':>6} {'vanilla':>8} " + " ".join(f"{s:>12}" for s in settings))
+            for length, base, extra in op_counts(size, settings, [int(n) for n in args.ops.split(",")], dictionary):
+                print(f"{length:6d} {base:8d} " + " ".join(f"{extra[s]:12d}" for s in settings), flush=True)
+        return
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {args.max_tokens}-token training "
           f"batches (mean length {args.mean_len}), beam 5 on {args.gen_tokens}-token batches; medians of "
           f"{args.train_reps} train / {args.gen_reps} generate rounds, interleaved")
