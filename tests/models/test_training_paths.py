@@ -12,11 +12,10 @@ Each cell asserts a real property against a fresh model loaded from the checkpoi
 * a resumed run is bit-identical to an uninterrupted one.
 
 Cells that fairseq 0.12 itself cannot run on a CPU are listed in ``NOT_ON_CPU`` with the reason;
-``--ddp-backend legacy_ddp`` with 2 gloo processes is in tests/test_distributed.py.
+``--ddp-backend legacy_ddp`` with 2 gloo processes is in tests/models/test_distributed.py.
 """
 import json
 import logging
-import os
 import shutil
 
 import pytest
