@@ -33,6 +33,9 @@ class Option:
     choices: Optional[Tuple[str, ...]] = None
     bounds: Optional[Tuple[float, float, bool]] = None  # (low, high, low inclusive); high inclusive
     metavar: Optional[str] = None
+    # the value for arguments saved before this flag existed (a checkpoint's stored args that have
+    # other flags of the group but not this one), when the default has changed since
+    legacy_default: Any = None
 
     @property
     def dest(self) -> str:
@@ -63,10 +66,10 @@ _OPTIONS = [
     Option("floater", "--floater-dt", 0.1, "time between consecutive positions, t_i = i*DT (the paper's "
            "0.1; the authors' code used 0.01)", float, bounds=(0, INF, False), metavar="DT"),
     Option("floater", "--floater-method", "rk4", "torchdiffeq solver", choices=ODE_METHODS),
-    Option("floater", "--floater-dynamics", "paper", "h: paper (the paper's MLP of t and p, unbounded), "
+    Option("floater", "--floater-dynamics", "dissipative", "h: paper (the paper's MLP of t and p, unbounded), "
            "dissipative (-gamma p + tanh(u): |p| bounded) or rotation (skew-symmetric: |p| constant; "
            "starts as the sinusoid at --pos-blocks input); the bounded ones see t through sin/cos features",
-           choices=("paper", "dissipative", "rotation")),
+           choices=("paper", "dissipative", "rotation"), legacy_default="paper"),
     Option("floater", "--floater-step-size", None, "step of fixed-grid solvers (None: DT/5, the paper's "
            "setting); at most DT", float, bounds=(0, INF, False), metavar="H"),
     Option("floater", "--floater-rtol", 1e-4, "rtol of adaptive solvers", float, bounds=(0, 1, False)),
@@ -144,8 +147,12 @@ def add_options(parser, group: str, **choices):
 def fill_defaults(args, *groups: str):
     """Set every flag of ``groups`` that the user did not give to its default (never overwrites)."""
     for option in _OPTIONS:
-        if option.group in groups and getattr(args, option.dest, None) is None:
-            setattr(args, option.dest, option.default)
+        if option.group not in groups or getattr(args, option.dest, None) is not None:
+            continue
+        saved_before_the_flag = not hasattr(args, option.dest) and any(
+            hasattr(args, other.dest) for other in _OPTIONS if other.group == option.group and other is not option)
+        legacy = option.legacy_default is not None and saved_before_the_flag
+        setattr(args, option.dest, option.legacy_default if legacy else option.default)
 
 
 def markdown_table(*groups: str) -> str:

@@ -65,8 +65,10 @@ DATASETS = {
 }
 
 ROWS = {
-    "floater-all": {"pos-encoder": "floater", "pos-blocks": "all"},
-    "floater-input": {"pos-encoder": "floater", "pos-blocks": "input"},
+    # the paper's rows keep the paper's dynamics; the bounded default is a row of its own
+    "floater-all": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "paper"},
+    "floater-input": {"pos-encoder": "floater", "pos-blocks": "input", "floater-dynamics": "paper"},
+    "floater-all-dissipative": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "dissipative"},
     "sinusoidal-all": {"pos-encoder": "sinusoidal", "pos-blocks": "all"},
     "sinusoidal-input": {"pos-encoder": "sinusoidal", "pos-blocks": "input"},
     "learned-all": {"pos-encoder": "learned", "pos-blocks": "all"},

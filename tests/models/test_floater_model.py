@@ -109,7 +109,7 @@ def test_bfloat16_model_keeps_the_ode_in_float32():
 
 
 def test_exploding_dynamics_stop_training_with_floater_error():
-    model, d, _ = build_model(extra=["--floater-dt", "1.0", "--floater-method", "euler", "--floater-step-size", "1.0"])
+    model, d, _ = build_model(extra=["--floater-dynamics", "paper", "--floater-dt", "1.0", "--floater-method", "euler", "--floater-step-size", "1.0"])
     with torch.no_grad():
         for p in model.position_encoder.signal.parameters():
             p.fill_(1e3)
