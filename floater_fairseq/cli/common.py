@@ -16,7 +16,7 @@ def tool(name: str) -> str:
 
 
 def run(cmd: Sequence[str], capture: bool = False, log: Optional[str] = None, quiet: bool = False,
-        show: Optional[Callable[[str], Optional[str]]] = None, env=None) -> str:
+        show: Optional[Callable[[str], Optional[str]]] = None) -> str:
     """Run ``cmd`` and return its standard output.
 
     capture: stdout is only returned (stderr kept for the error message); otherwise stdout and
@@ -26,13 +26,13 @@ def run(cmd: Sequence[str], capture: bool = False, log: Optional[str] = None, qu
     if not quiet:
         print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     if capture:
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode:
             raise ToolError(f"{os.path.basename(cmd[0])} failed with exit code {result.returncode}:\n"
                             f"{(result.stdout + result.stderr)[-3000:]}")
         return result.stdout
     lines = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process, \
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process, \
             open(log or os.devnull, "a", encoding="utf-8") as copy:
         for line in process.stdout:
             lines.append(line)
