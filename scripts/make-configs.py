@@ -67,6 +67,8 @@ DATASETS = {
 ROWS = {
     # the paper's rows keep the paper's dynamics; the bounded default is a row of its own
     "floater-all": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "paper"},
+    # the same model trained from random initialisation (no warm start): the paper's protocol vs none
+    "floater-all-scratch": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "paper"},
     "floater-input": {"pos-encoder": "floater", "pos-blocks": "input", "floater-dynamics": "paper"},
     "floater-all-dissipative": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "dissipative"},
     "sinusoidal-all": {"pos-encoder": "sinusoidal", "pos-blocks": "all"},
