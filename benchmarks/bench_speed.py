@@ -33,6 +33,8 @@ SETTINGS = {
     "paper": ["--floater-method", "rk4"],  # step dt/5 (the default)
     "step-dt": ["--floater-method", "rk4", "--floater-step-size", "0.1"],
     "midpoint-dt": ["--floater-method", "midpoint", "--floater-step-size", "0.1"],
+    "parallel": ["--floater-method", "parallel"],  # grid DT/5
+    "parallel-dt/10": ["--floater-method", "parallel", "--floater-step-size", "0.01"],
     "input": ["--pos-blocks", "input"],
 }
 

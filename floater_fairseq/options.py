@@ -15,7 +15,9 @@ from typing import Any, Dict, Optional, Tuple
 # size; adaptive ones take rtol/atol.
 FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-ODE_METHODS = FIXED_GRID_METHODS + ADAPTIVE_METHODS
+# ours (modules/parallel_solve.py): a parallel-in-time solve on the fixed grid of --floater-step-size
+PARALLEL_METHODS = ("parallel",)
+ODE_METHODS = FIXED_GRID_METHODS + ADAPTIVE_METHODS + PARALLEL_METHODS
 POSITION_BLOCKS = ("all", "input")
 SELF_ATTENTION_KINDS = ("softmax", "kernelized-rpe")
 BASES = ("gaussian", "triangle", "impulse", "square", "rff")
@@ -33,9 +35,11 @@ class Option:
     choices: Optional[Tuple[str, ...]] = None
     bounds: Optional[Tuple[float, float, bool]] = None  # (low, high, low inclusive); high inclusive
     metavar: Optional[str] = None
-    # the value for arguments saved before this flag existed (a checkpoint's stored args that have
-    # other flags of the group but not this one), when the default has changed since
+    # the value for arguments saved before this flag existed, when the default has changed since:
+    # args that carry every flag of ``saved_with`` (saved args carry all flags of their time, filled
+    # in by fill_defaults) but not this one. A command line rarely gives them all, so it gets ``default``.
     legacy_default: Any = None
+    saved_with: Tuple[str, ...] = ()
 
     @property
     def dest(self) -> str:
@@ -65,13 +69,18 @@ _OPTIONS = [
     # FLOATER (modules/floater.py); the memory LM reads the solver ones too
     Option("floater", "--floater-dt", 0.1, "time between consecutive positions, t_i = i*DT (the paper's "
            "0.1; the authors' code used 0.01)", float, bounds=(0, INF, False), metavar="DT"),
-    Option("floater", "--floater-method", "rk4", "torchdiffeq solver", choices=ODE_METHODS),
+    Option("floater", "--floater-method", "rk4", "torchdiffeq solver, or parallel: our parallel-in-time solve "
+           "of dissipative dynamics (few kernel launches at any length; for accelerators)", choices=ODE_METHODS),
     Option("floater", "--floater-dynamics", "dissipative", "h: paper (the paper's MLP of t and p, unbounded), "
            "dissipative (-gamma p + tanh(u): |p| bounded) or rotation (skew-symmetric: |p| constant; "
            "starts as the sinusoid at --pos-blocks input); the bounded ones see t through sin/cos features",
-           choices=("paper", "dissipative", "rotation"), legacy_default="paper"),
+           choices=("paper", "dissipative", "rotation"), legacy_default="paper",
+           saved_with=("floater_dt", "floater_method", "floater_step_size", "floater_rtol", "floater_atol",
+                       "floater_adjoint", "floater_hidden_dim", "floater_init_std")),
     Option("floater", "--floater-step-size", None, "step of fixed-grid solvers (None: DT/5, the paper's "
            "setting); at most DT", float, bounds=(0, INF, False), metavar="H"),
+    Option("floater", "--floater-parallel-tol", 1e-6, "--floater-method parallel: stop iterating when no "
+           "value changes by more than this, relative to max |p|", float, bounds=(0, 1, False)),
     Option("floater", "--floater-rtol", 1e-4, "rtol of adaptive solvers", float, bounds=(0, 1, False)),
     Option("floater", "--floater-atol", 1e-6, "atol of adaptive solvers", float, bounds=(0, 1, False)),
     Option("floater", "--floater-adjoint", False, "backpropagate with the adjoint method (O(1) memory in "
@@ -146,12 +155,12 @@ def add_options(parser, group: str, **choices):
 
 def fill_defaults(args, *groups: str):
     """Set every flag of ``groups`` that the user did not give to its default (never overwrites)."""
+    given = {option.dest for option in _OPTIONS if hasattr(args, option.dest)}  # before we fill any
     for option in _OPTIONS:
         if option.group not in groups or getattr(args, option.dest, None) is not None:
             continue
-        saved_before_the_flag = not hasattr(args, option.dest) and any(
-            hasattr(args, other.dest) for other in _OPTIONS if other.group == option.group and other is not option)
-        legacy = option.legacy_default is not None and saved_before_the_flag
+        legacy = (option.legacy_default is not None and option.dest not in given
+                  and all(dest in given for dest in option.saved_with))
         setattr(args, option.dest, option.legacy_default if legacy else option.default)
 
 

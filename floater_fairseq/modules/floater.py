@@ -9,6 +9,7 @@ stacked into one [K, d] state and integrated by a single torchdiffeq ``odeint`` 
 import contextlib
 import contextvars
 import math
+import warnings
 from typing import List, Optional
 
 import torch
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from ..options import FIXED_GRID_METHODS, ODE_METHODS, add_options, default, fill_defaults
+from ..options import FIXED_GRID_METHODS, ODE_METHODS, PARALLEL_METHODS, add_options, default, fill_defaults
+from . import parallel_solve
 from .position_aware_layers import AttentionPositions, LayerPositions, rows_at
 from .position_encoder import SIDES, AbsolutePositionEncoder, register_position_encoder
 
@@ -73,15 +75,22 @@ class _BoundedTimeDynamics(nn.Module):
         nn.init.zeros_(self.output_layer.bias)
         self.num_evaluations = 0
 
-    def mlp(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def time_bias(self, times: torch.Tensor) -> torch.Tensor:
+        """c + W_phi phi(t) for each time: [*times.shape, hidden]. (W [p; phi] + c == W_p p + this.)"""
+        angles = times.unsqueeze(-1) * self.frequencies.to(times.dtype)
+        phi = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+        weight = self.input_layer.weight.to(times.dtype)
+        return F.linear(phi, weight[:, -phi.size(-1):], self.input_layer.bias.to(times.dtype))
+
+    def mlp_with_bias(self, time_bias: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """u for a precomputed ``time_bias`` (broadcast over the rows of p)."""
         self.num_evaluations += 1
-        angles = t.to(p.dtype) * self.frequencies.to(p.dtype)
-        phi = torch.cat([torch.sin(angles), torch.cos(angles)])
         weight = self.input_layer.weight.to(p.dtype)
-        dim = p.size(-1)
-        # W [p; phi] + c == W[:, :d] p + (c + W[:, d:] phi): phi is the same for every row
-        hidden = torch.relu(F.linear(p, weight[:, :dim], self.input_layer.bias.to(p.dtype) + weight[:, dim:] @ phi))
+        hidden = torch.relu(torch.matmul(p, weight[:, :p.size(-1)].t()) + time_bias)
         return F.linear(hidden, self.output_layer.weight.to(p.dtype), self.output_layer.bias.to(p.dtype))
+
+    def mlp(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return self.mlp_with_bias(self.time_bias(t.to(p.dtype)), p)
 
 
 class DissipativeDynamics(_BoundedTimeDynamics):
@@ -99,6 +108,10 @@ class DissipativeDynamics(_BoundedTimeDynamics):
 
     def decay(self, dtype) -> torch.Tensor:
         return self.GAMMA_MIN + F.softplus(self.rho.to(dtype))
+
+    def forcing(self, time_bias: torch.Tensor, trajectory: torch.Tensor) -> torch.Tensor:
+        """g = tanh(u) at every point of a trajectory [M, K, d], time_bias [M, hidden] (parallel solve)."""
+        return torch.tanh(self.mlp_with_bias(time_bias.unsqueeze(1), trajectory))
 
     def forward(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return -self.decay(p.dtype) * p + torch.tanh(self.mlp(t, p))
@@ -164,6 +177,7 @@ class FloaterPositionSignal(nn.Module):
         init_std: float = default("floater_init_std"),
         initial_value_std: float = 0.0,
         dynamics: str = default("floater_dynamics"),
+        parallel_tol: float = default("floater_parallel_tol"),
     ):
         super().__init__()
         if dt <= 0:
@@ -173,10 +187,21 @@ class FloaterPositionSignal(nn.Module):
                 f"FLOATER: unknown --floater-method {method!r}; choose one of {', '.join(ODE_METHODS)}"
             )
         step_size = dt / 5 if step_size is None else step_size
-        if method in FIXED_GRID_METHODS and not 0 < step_size <= dt:
+        if method in FIXED_GRID_METHODS + PARALLEL_METHODS and not 0 < step_size <= dt:
             raise ValueError(
                 f"FLOATER: --floater-step-size must be in (0, dt={dt}], got {step_size}"
             )
+        if method in PARALLEL_METHODS:
+            if dynamics != "dissipative":
+                raise ValueError(f"FLOATER: --floater-method parallel integrates the decay of dissipative dynamics "
+                                 f"exactly and has no such part to use in --floater-dynamics {dynamics}; use "
+                                 f"--floater-dynamics dissipative, or a torchdiffeq method such as rk4")
+            if adjoint:
+                raise ValueError("FLOATER: --floater-adjoint applies to torchdiffeq's methods; --floater-method "
+                                 "parallel differentiates its fixed point implicitly (drop --floater-adjoint)")
+            if abs(dt / step_size - round(dt / step_size)) > 1e-6:
+                raise ValueError(f"FLOATER: --floater-method parallel needs positions on its grid: "
+                                 f"--floater-step-size ({step_size}) must divide --floater-dt ({dt})")
         self.dim = dim
         self.dt = dt
         self.method = method
@@ -184,6 +209,7 @@ class FloaterPositionSignal(nn.Module):
         self.rtol = rtol
         self.atol = atol
         self.adjoint = adjoint
+        self.parallel_tol = parallel_tol
         if dynamics not in DYNAMICS:
             raise ValueError(f"FLOATER: unknown --floater-dynamics {dynamics!r}; choose one of {', '.join(DYNAMICS)}")
         if dynamics == "paper":
@@ -196,6 +222,7 @@ class FloaterPositionSignal(nn.Module):
         self._cache: Optional[torch.Tensor] = None
         self._cache_parameters: Optional[List[torch.Tensor]] = None  # the values it was solved from
         self._shared = contextvars.ContextVar(f"floater_shared_solution_{id(self)}", default=None)
+        self._warned_fallback = False
         self.num_solves = 0
 
     @property
@@ -214,19 +241,9 @@ class FloaterPositionSignal(nn.Module):
         t = t * self.dt
         if t.numel() == 1:
             return y0.unsqueeze(0)
-        kwargs = {"method": self.method}
-        if self.method in FIXED_GRID_METHODS:
-            kwargs["options"] = {"step_size": self.step_size}
-        else:
-            kwargs.update(rtol=self.rtol, atol=self.atol)
-        self.num_solves += 1
-        with _fp32_autocast_off(y0.device):
-            if self.adjoint:
-                solution = odeint_adjoint(
-                    self.dynamics, y0, t, adjoint_params=tuple(self.dynamics.parameters()), **kwargs
-                )
-            else:
-                solution = odeint(self.dynamics, y0, t, **kwargs)
+        solution = self._integrate_parallel(y0, first_index, t.numel()) if self.method in PARALLEL_METHODS else None
+        if solution is None:
+            solution = self._integrate_sequential(y0, t)
         if not torch.isfinite(solution).all():
             raise FloaterNumericalError(
                 "FLOATER: the position ODE produced NaN/Inf between t=%g and t=%g. The dynamics "
@@ -234,6 +251,35 @@ class FloaterPositionSignal(nn.Module):
                 "--floater-dt, or an adaptive --floater-method such as dopri5."
                 % (t[0].item(), t[-1].item())
             )
+        return solution
+
+    def _integrate_sequential(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # torchdiffeq; --floater-method parallel falls back to rk4 on its own grid
+        kwargs = {"method": "rk4" if self.method in PARALLEL_METHODS else self.method}
+        if self.method in FIXED_GRID_METHODS + PARALLEL_METHODS:
+            kwargs["options"] = {"step_size": self.step_size}
+        else:
+            kwargs.update(rtol=self.rtol, atol=self.atol)
+        self.num_solves += 1
+        with _fp32_autocast_off(y0.device):
+            if self.adjoint:
+                return odeint_adjoint(self.dynamics, y0, t, adjoint_params=tuple(self.dynamics.parameters()), **kwargs)
+            return odeint(self.dynamics, y0, t, **kwargs)
+
+    def _integrate_parallel(self, y0: torch.Tensor, first_index: int, count: int) -> Optional[torch.Tensor]:
+        """None where the parallel solve does not apply: spans of fewer grid points than its
+        interpolation stencil, or no convergence in MAX_ITERATIONS (warned once)."""
+        substeps = round(self.dt / self.step_size)
+        if (count - 1) * substeps + 1 < parallel_solve.STENCIL:
+            return None
+        self.num_solves += 1
+        with _fp32_autocast_off(y0.device):
+            solution = parallel_solve.solve(self.dynamics, y0, first_index * self.dt, count, self.dt, substeps,
+                                            self.parallel_tol, parallel_solve.MAX_ITERATIONS)
+        if solution is None and not self._warned_fallback:
+            self._warned_fallback = True
+            warnings.warn(f"FLOATER: the parallel solve did not converge in {parallel_solve.MAX_ITERATIONS} "
+                          f"iterations; solving with rk4 on the same grid instead (warned once)")
         return solution
 
     def solve(self, length: int) -> torch.Tensor:
@@ -262,7 +308,12 @@ class FloaterPositionSignal(nn.Module):
             # Grow geometrically so that a stream of ever longer inputs costs O(n) in total.
             new_length = max(length, 2 * self._cache.size(0))
             last = self._cache.size(0) - 1
-            extension = self._integrate(self._cache[-1], last, new_length - 1)
+            if self.method in PARALLEL_METHODS:
+                # its solution up to a time does not depend on later times (causal stencils): a longer
+                # solve from 0 extends the cache, as continuing rk4 from the last point does for rk4
+                extension = self.solve(new_length)[last:]
+            else:
+                extension = self._integrate(self._cache[-1], last, new_length - 1)
             self._cache = torch.cat([self._cache, extension[1:]], dim=0)
         return self._cache[:length]
 
@@ -335,6 +386,7 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
             rtol=args.floater_rtol, atol=args.floater_atol, adjoint=args.floater_adjoint,
             hidden_dim=args.floater_hidden_dim, init_std=args.floater_init_std,
             initial_value_std=0.0 if self.blocks == "all" else 1.0, dynamics=args.floater_dynamics,
+            parallel_tol=args.floater_parallel_tol,
         )
         if self.blocks == "input" and args.floater_dynamics == "rotation":
             with torch.no_grad():  # start as exactly fairseq's sinusoid (see RotationDynamics)

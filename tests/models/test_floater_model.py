@@ -163,3 +163,16 @@ def test_deepcopy_shares_one_signal_and_drops_the_cache():
         assert clone.encoder.position_encoder is clone.position_encoder is clone.decoder.position_encoder
         assert clone.position_encoder.signal is not model.position_encoder.signal
         torch.testing.assert_close(clone(src, None, prev)[0], expected)
+
+
+def test_dynamics_default_on_the_command_line_and_for_args_saved_before_the_flag():
+    import argparse
+
+    from floater_fairseq.options import fill_defaults
+    for extra in ([], ["--floater-method", "rk4"], ["--floater-dt", "0.1", "--floater-init-std", "0.02"]):
+        _, _, args = build_model(extra=extra)
+        assert args.floater_dynamics == "dissipative", extra  # given flags are not a saved config
+    saved = argparse.Namespace(floater_dt=0.1, floater_method="rk4", floater_step_size=None, floater_rtol=1e-4,
+                               floater_atol=1e-6, floater_adjoint=False, floater_hidden_dim=None, floater_init_std=0.02)
+    fill_defaults(saved, "floater")
+    assert saved.floater_dynamics == "paper"  # the only dynamics there was when these args were saved

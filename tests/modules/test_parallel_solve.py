@@ -1,0 +1,134 @@
+"""--floater-method parallel (modules/parallel_solve.py): exact where the answer is known, converges
+to the ODE's solution as its grid is refined, differentiates its own fixed point exactly, extends
+the inference cache seamlessly, falls back to rk4 (with a warning) where it cannot converge, and
+refuses settings it cannot honour."""
+import warnings
+
+import pytest
+import torch
+from torchdiffeq import odeint
+
+from conftest import random_tokens
+from test_position_encoders import encode, position_model
+from floater_fairseq.modules.floater import FloaterPositionSignal
+
+
+def signal(method="parallel", step_size=None, init_std=0.5, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return FloaterPositionSignal(3, 8, dynamics="dissipative", hidden_dim=16, init_std=init_std, initial_value_std=1.0,
+                                 method=method, step_size=step_size, parallel_tol=1e-12, **kwargs).double()
+
+
+def test_pure_decay_is_exact():
+    s = signal(init_std=0.0)  # u == 0: dp/dt = -gamma p, p(t) = exp(-gamma t) p(0)
+    with torch.no_grad():
+        s.dynamics.rho.copy_(torch.linspace(-3, 3, 8, dtype=torch.float64))
+        table = s.solve(40)
+        t = torch.arange(40, dtype=torch.float64)[:, None, None] * s.dt
+        exact = torch.exp(-s.dynamics.decay(torch.float64) * t) * s.initial_values
+    torch.testing.assert_close(table, exact, rtol=1e-12, atol=1e-12)
+
+
+def test_converges_to_the_ode_solution_as_the_grid_is_refined():
+    exact_signal = signal(method="dopri8")
+    t = torch.arange(30, dtype=torch.float64) * exact_signal.dt
+    with torch.no_grad():
+        exact = odeint(exact_signal.dynamics, exact_signal.initial_values, t, method="dopri8", rtol=1e-12, atol=1e-12)
+        errors = []
+        for step in (0.02, 0.01, 0.005):
+            s = signal(step_size=step)
+            errors.append(float((s.solve(30) - exact).abs().max() / exact.abs().max()))
+    assert errors[0] < 1e-3 and errors[2] < 2e-5, errors
+    assert errors[0] > 3 * errors[1] > 9 * errors[2], errors  # at least 1.6th order (relu kinks limit it)
+
+
+def test_gradients_are_exact_for_its_fixed_point():
+    s = signal()
+    cotangent = torch.randn(20, 3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    (s.solve(20) * cotangent).sum().backward()
+    directions = [torch.randn_like(p) for p in s.parameters()]
+    analytic = sum(float((p.grad * d).sum()) for p, d in zip(s.parameters(), directions))
+
+    def loss_at(eps):
+        with torch.no_grad():
+            for p, d in zip(s.parameters(), directions):
+                p.add_(eps * d)
+            value = float((s.solve(20) * cotangent).sum())
+            for p, d in zip(s.parameters(), directions):
+                p.sub_(eps * d)
+        return value
+
+    numeric = (loss_at(1e-6) - loss_at(-1e-6)) / 2e-6
+    assert abs(analytic - numeric) <= 1e-6 * abs(numeric)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in s.parameters())
+
+
+def test_matches_rk4_on_the_same_grid_in_value_and_gradient_direction():
+    parallel, rk4 = signal(step_size=0.01), signal(method="rk4", step_size=0.01)
+    cotangent = torch.randn(25, 3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    tables = []
+    for s in (parallel, rk4):
+        table = s.solve(25)
+        (table * cotangent).sum().backward()
+        tables.append(table.detach())
+    assert float((tables[0] - tables[1]).abs().max() / tables[1].abs().max()) < 1e-4
+    for p, q in zip(parallel.parameters(), rk4.parameters()):
+        cosine = torch.nn.functional.cosine_similarity(p.grad.flatten(), q.grad.flatten(), dim=0)
+        assert cosine > 0.999
+
+
+def test_inference_cache_extends_like_a_single_solve():
+    s = signal()
+    with torch.no_grad():
+        short = s.table(12).clone()
+        longer = s.table(50)  # continues from the cached position 11
+        fresh = s.solve(50)
+    torch.testing.assert_close(longer[:12], short)
+    torch.testing.assert_close(longer, fresh, rtol=1e-7, atol=1e-7)
+
+
+def test_short_spans_and_non_convergence_fall_back_to_rk4():
+    s = signal()
+    with torch.no_grad():
+        torch.testing.assert_close(s.solve(1), s.initial_values.unsqueeze(0))
+        short, rk4 = signal(step_size=0.05), signal(method="rk4", step_size=0.05)
+        torch.testing.assert_close(short.solve(2), rk4.solve(2))  # 3 grid points: fewer than the stencil's 4
+    wild = signal(init_std=200.0)  # a map that does not contract
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = wild.solve(40)
+        reference = signal(method="rk4", init_std=200.0).solve(40)
+    if any("did not converge" in str(w.message) for w in caught):
+        torch.testing.assert_close(table, reference)
+    else:  # it converged after all: then it is the ODE's solution to the grid's accuracy
+        assert float((table - reference).abs().max() / reference.abs().max()) < 1e-2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dynamics": "paper"}, "integrates the decay of dissipative dynamics"),
+    ({"dynamics": "rotation"}, "integrates the decay of dissipative dynamics"),
+    ({"dynamics": "dissipative", "adjoint": True}, "drop --floater-adjoint"),
+    ({"dynamics": "dissipative", "step_size": 0.03}, "must divide --floater-dt"),
+])
+def test_settings_it_cannot_honour_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FloaterPositionSignal(2, 4, method="parallel", **kwargs)
+
+
+def test_a_longer_solve_extends_a_shorter_one():
+    s = signal()
+    with torch.no_grad():
+        torch.testing.assert_close(s.solve(40)[:9], s.solve(9), rtol=1e-10, atol=1e-10)
+
+
+def test_model_decodes_incrementally_as_it_encodes_in_full():
+    model, d = position_model("floater", "all", extra=["--floater-method", "parallel"])
+    src = random_tokens(d, [6, 3], left_pad=True)
+    prev = random_tokens(d, [13, 13], seed=5)
+    with torch.no_grad():
+        enc = encode(model, src)
+        state = {}  # incremental first: the cache grows 6 -> 12 -> 24 while decoding
+        steps = [model.decoder(prev[:, :t + 1], encoder_out=enc, incremental_state=state)[0] for t in range(prev.size(1))]
+        model.position_encoder.signal._cache = None
+        full, _ = model.decoder(prev, encoder_out=enc)  # one fresh solve
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
