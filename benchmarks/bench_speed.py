@@ -1,13 +1,21 @@
-"""Speed of floater_transformer relative to fairseq's transformer at the same size.
+"""Cost of floater_transformer relative to fairseq's transformer at the same size, side by side.
 
-Times, in one process and interleaved (A B A B ...), on the same batches:
-  * a training step: forward + backward + Adam step on a ~4k-target-token batch;
-  * beam-5 generation of a batch of sentences (the ODE solution is cached at inference).
-Prints the medians and the ratios floater / vanilla for each solver setting.
+For each size and FLOATER solver setting, against the vanilla model, in one run:
+  * train: a training step (forward + backward + Adam) on ~4k-token batches, timed interleaved
+    (A B A B ...) on the same batches in one process; the median ratio floater / vanilla;
+  * generate: beam-5 generation (the ODE solution is cached at inference), likewise;
+  * memory: peak resident memory of one training step, each model in a fresh process;
+  * extra ops: FLOATER's extra leaf aten ops in one training step on 8 sentences of 100 tokens
+    (the kernel launches that dominate on accelerators; ``--ops`` shows them against length).
+Absolute times are printed only with ``--absolute`` (they mean little on a shared CPU).
 
-    python -m benchmarks.bench_speed --sizes small --settings paper,step-dt
+    python -m benchmarks.bench_speed --sizes small,iwslt --settings rk4-dt/5,parallel
+    python -m benchmarks.bench_speed --ops 50,100,200,400,1000 --sizes iwslt --settings rk4-dt/5,parallel
 """
 import argparse
+import multiprocessing
+import os
+import platform
 import statistics
 import time
 import types
@@ -30,8 +38,8 @@ SIZES = {
     "iwslt": ("transformer_iwslt_de_en", []),
 }
 SETTINGS = {
-    "paper": ["--floater-method", "rk4"],  # step dt/5 (the default)
-    "step-dt": ["--floater-method", "rk4", "--floater-step-size", "0.1"],
+    "rk4-dt/5": ["--floater-method", "rk4"],  # step DT/5: the paper's setting and the default
+    "rk4-dt": ["--floater-method", "rk4", "--floater-step-size", "0.1"],
     "midpoint-dt": ["--floater-method", "midpoint", "--floater-step-size", "0.1"],
     "parallel": ["--floater-method", "parallel"],  # grid DT/5
     "parallel-dt/10": ["--floater-method", "parallel", "--floater-step-size", "0.01"],
@@ -122,39 +130,77 @@ def timed(fn, *args):
     return time.perf_counter() - start
 
 
-def compare(size, setting, args, dictionary):
+def compare_times(size, setting, args, dictionary):
     arch_suffix, flags = SIZES[size]
-    vanilla = build(arch_suffix, flags, dictionary)
-    floater = build("floater_" + arch_suffix, flags + SETTINGS[setting], dictionary)
-    models = {"vanilla": vanilla, "floater": floater}
+    models = {"vanilla": build(arch_suffix, flags, dictionary),
+              "floater": build("floater_" + arch_suffix, flags + SETTINGS[setting], dictionary)}
     optimizers = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
-    batches = make_batches(dictionary, args.max_tokens, args.mean_len, args.train_reps + 1, seed=1)
-    times = {("train", k): [] for k in models} | {("generate", k): [] for k in models}
-    for i, batch in enumerate(batches):
+    times = {(phase, k): [] for phase in ("train", "generate") for k in models}
+    for i, batch in enumerate(make_batches(dictionary, args.max_tokens, args.mean_len, args.train_reps + 1, seed=1)):
         for name, model in models.items():
             model.train()
             t = timed(train_step, model, optimizers[name], batch)
             if i > 0:  # the first round is warm-up
                 times[("train", name)].append(t)
-    gen_batches = make_batches(dictionary, args.gen_tokens, args.mean_len, args.gen_reps + 1, seed=2)
-    for i, batch in enumerate(gen_batches):
+    for i, batch in enumerate(make_batches(dictionary, args.gen_tokens, args.mean_len, args.gen_reps + 1, seed=2)):
         for name, model in models.items():
             model.eval()
             t = timed(generate, model, dictionary, batch)
             if i > 0:
                 times[("generate", name)].append(t)
-    row = {}
-    for phase in ("train", "generate"):
-        v = statistics.median(times[(phase, "vanilla")])
-        f = statistics.median(times[(phase, "floater")])
-        row[phase] = (v, f, f / v)
-    return row
+    return {phase: (statistics.median(times[(phase, "vanilla")]), statistics.median(times[(phase, "floater")]))
+            for phase in ("train", "generate")}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _peak_step_memory(size, setting, max_tokens, mean_len, vocab, threads):
+    """Peak resident memory of one training step above the memory before it (bytes); runs in a
+    fresh process, so no other model's freed memory is reused."""
+    torch.set_num_threads(threads)
+    dictionary = make_dictionary(vocab)
+    arch_suffix, flags = SIZES[size]
+    model = build(arch_suffix if setting is None else "floater_" + arch_suffix,
+                  flags + ([] if setting is None else SETTINGS[setting]), dictionary)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    batches = make_batches(dictionary, max_tokens, mean_len, 2, seed=1)
+    train_step(model, optimizer, batches[0])  # optimizer state exists before the measured step
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak (VmHWM) to the current resident size
+    before = _status_kib("VmRSS")
+    train_step(model, optimizer, batches[1])
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+def peak_memory(size, setting, args):
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_peak_step_memory, (size, setting, args.max_tokens, args.mean_len, args.vocab,
+                                              torch.get_num_threads()))
+
+
+def make_dictionary(vocab):
+    dictionary = Dictionary()
+    for i in range(vocab):
+        dictionary.add_symbol(f"w{i}")
+    return dictionary
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {device}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="small,iwslt")
-    parser.add_argument("--settings", default="paper,step-dt")
+    parser.add_argument("--settings", default="rk4-dt/5,parallel", help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--gen-tokens", type=int, default=600, help="source tokens per generation batch")
     parser.add_argument("--mean-len", type=int, default=27, help="mean sentence length in tokens")
@@ -162,33 +208,42 @@ def main(argv=None):
     parser.add_argument("--gen-reps", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--ops", help="count extra leaf aten ops per training step instead of timing, at these "
+    parser.add_argument("--absolute", action="store_true", help="also print the median seconds")
+    parser.add_argument("--ops", help="only count FLOATER's extra leaf aten ops per training step, at these "
                                       "comma-separated lengths (8 sentences each), e.g. 50,100,200,400,1000")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dictionary = Dictionary()
-    for i in range(args.vocab):
-        dictionary.add_symbol(f"w{i}")
+    settings = args.settings.split(",")
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown --settings {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    dictionary = make_dictionary(args.vocab)
+    print(f"# {machine()}")
     if args.ops:
-        settings = args.settings.split(",")
         for size in args.sizes.split(","):
             print(f"# {size}: leaf aten ops of one training step (forward + backward), 8 sentences; vanilla, "
                   f"and FLOATER's extra ops per setting")
-            print(f"{'length':>6} {'vanilla':>8} " + " ".join(f"{s:>12}" for s in settings))
+            print(f"{'length':>6} {'vanilla':>8} " + " ".join(f"{s:>14}" for s in settings))
             for length, base, extra in op_counts(size, settings, [int(n) for n in args.ops.split(",")], dictionary):
-                print(f"{length:6d} {base:8d} " + " ".join(f"{extra[s]:12d}" for s in settings), flush=True)
+                print(f"{length:6d} {base:8d} " + " ".join(f"{extra[s]:14d}" for s in settings), flush=True)
         return
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {args.max_tokens}-token training "
-          f"batches (mean length {args.mean_len}), beam 5 on {args.gen_tokens}-token batches; medians of "
-          f"{args.train_reps} train / {args.gen_reps} generate rounds, interleaved")
-    print(f"{'size':8} {'setting':12} {'train vanilla s':>16} {'train floater s':>16} {'ratio':>6} "
-          f"{'gen vanilla s':>14} {'gen floater s':>14} {'ratio':>6}")
+    print(f"# ratios FLOATER / vanilla: train step on {args.max_tokens}-token batches (mean length {args.mean_len}), "
+          f"median of {args.train_reps}; beam-5 generation of {args.gen_tokens}-token batches, median of "
+          f"{args.gen_reps}; peak memory of a training step; extra leaf aten ops of a training step, 8 x 100 tokens")
+    header = f"{'size':6} {'setting':15} {'train':>6} {'generate':>8} {'memory':>6} {'extra ops':>9}"
+    print(header + ("  train s (van/fl)  generate s (van/fl)" if args.absolute else ""))
     for size in args.sizes.split(","):
-        for setting in args.settings.split(","):
-            row = compare(size, setting, args, dictionary)
-            (tv, tf, tr), (gv, gf, gr) = row["train"], row["generate"]
-            print(f"{size:8} {setting:12} {tv:16.3f} {tf:16.3f} {tr:6.3f} {gv:14.3f} {gf:14.3f} {gr:6.3f}", flush=True)
+        vanilla_memory = peak_memory(size, None, args)
+        for setting in settings:
+            times = compare_times(size, setting, args, dictionary)
+            memory = peak_memory(size, setting, args) / vanilla_memory
+            extra = op_counts(size, [setting], [100], dictionary)[0][2][setting]
+            (tv, tf), (gv, gf) = times["train"], times["generate"]
+            row = f"{size:6} {setting:15} {tf / tv:6.3f} {gf / gv:8.3f} {memory:6.3f} {extra:9d}"
+            if args.absolute:
+                row += f"  {tv:7.3f} / {tf:7.3f}  {gv:8.3f} / {gf:8.3f}"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":
