@@ -6,14 +6,22 @@ and of every parameter gradient (max |g - g_ref| / max |g_ref|, worst tensor) fo
 cotangent, and the dynamics' evaluations (parallel: batched ones, one per iteration + 2).
 
     python -m benchmarks.bench_solver_accuracy CHECKPOINT --train-length 13 \\
-        --settings rk4:0.1,parallel:0.02,parallel:0.01
+        --settings rk4:0.1,parallel:0.02,parallel:0.01 [--decode DATA_BIN --subset test]
+
+With ``--decode``, each setting also decodes DATA_BIN's subset with fairseq-generate (beam 5) and
+the share of sentences whose hypothesis is identical to the reference solver's is printed.
 """
 import argparse
 import copy
+import os
+import re
 
 import torch
 
+from floater_fairseq.cli import common
 from floater_fairseq.cli.analyze_positions import model_from_checkpoint
+
+USER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "floater_fairseq")
 from floater_fairseq.modules.floater import FloaterPositionSignal
 
 
@@ -59,6 +67,25 @@ def compare(signal, settings, lengths):
     return rows
 
 
+def hypotheses(checkpoint, data, subset, method, step_size, extra=()):
+    overrides = repr({"floater_method": method, "floater_step_size": step_size})
+    output = common.run([common.tool("fairseq-generate"), data, "--path", checkpoint, "--user-dir", USER_DIR,
+                         "--gen-subset", subset, "--beam", "5", "--batch-size", "64", "--cpu",
+                         "--model-overrides", overrides, *extra], capture=True, quiet=True)
+    return dict(re.findall(r"^H-(\d+)\t\S+\t(.*)$", output, flags=re.M))
+
+
+def decode_agreement(checkpoint, data, subset, settings, extra=()):
+    """Share of sentences decoded identically to rk4 DT/5, per setting."""
+    dt = signal_of(checkpoint).dt
+    reference = hypotheses(checkpoint, data, subset, "rk4", dt / 5, extra)
+    shares = {}
+    for method, step in settings:
+        ours = hypotheses(checkpoint, data, subset, method, step, extra)
+        shares[f"{method}:{step:g}"] = sum(ours.get(k) == v for k, v in reference.items()) / len(reference)
+    return shares, len(reference)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+")
@@ -66,6 +93,9 @@ def main(argv=None):
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--settings", default="rk4:0.1,parallel:0.02,parallel:0.01",
                         help="comma-separated METHOD:STEP_SIZE")
+    parser.add_argument("--decode", metavar="DATA_BIN", help="also decode this binarized data with each setting")
+    parser.add_argument("--subset", default="test")
+    parser.add_argument("--generate-args", default="", help="more fairseq-generate flags, e.g. '--source-lang de'")
     args = parser.parse_args(argv)
     settings = [(s.split(":")[0], float(s.split(":")[1])) for s in args.settings.split(",")]
     lengths = [args.train_length, args.factor * args.train_length]
@@ -77,6 +107,11 @@ def main(argv=None):
         for setting, length, table_error, grad_error, evals in compare(signal, settings, lengths):
             print(f"{checkpoint[-40:]:40} {setting:24} {length:6d} {table_error:9.1e} {grad_error:9.1e} {evals:6d}",
                   flush=True)
+        if args.decode:
+            shares, count = decode_agreement(checkpoint, args.decode, args.subset, settings, args.generate_args.split())
+            for setting, share in shares.items():
+                print(f"{checkpoint[-40:]:40} {setting:24} identical hypotheses to rk4:DT/5 on {count} "
+                      f"{args.subset} sentences: {100 * share:.1f}%", flush=True)
 
 
 if __name__ == "__main__":
