@@ -80,7 +80,7 @@ _OPTIONS = [
     Option("floater", "--floater-step-size", None, "step of fixed-grid solvers (None: DT/5, the paper's "
            "setting); at most DT", float, bounds=(0, INF, False), metavar="H"),
     Option("floater", "--floater-parallel-tol", 1e-6, "--floater-method parallel: stop iterating when no "
-           "value changes by more than this, relative to max |p|", float, bounds=(0, 1, False)),
+           "value changes by more than this, relative to the largest value", float, bounds=(0, 1, False)),
     Option("floater", "--floater-rtol", 1e-4, "rtol of adaptive solvers", float, bounds=(0, 1, False)),
     Option("floater", "--floater-atol", 1e-6, "atol of adaptive solvers", float, bounds=(0, 1, False)),
     Option("floater", "--floater-adjoint", False, "backpropagate with the adjoint method (O(1) memory in "

@@ -204,7 +204,8 @@ def _train_sentencepiece(spm, out_dir, text, s, t, vocab_size, workers):
 
 
 def prepare(dataset: str, dest: str, raw_dir: str = None, source_lang: str = None, target_lang: str = None,
-            vocab_size: int = 8000, max_train_len: int = None, workers: int = 1):
+            vocab_size: int = 8000, max_train_len: int = None, workers: int = 1,
+            max_train_source_len: int = None):
     import sentencepiece as spm
 
     spec = DATASETS[dataset]
@@ -240,11 +241,15 @@ def prepare(dataset: str, dest: str, raw_dir: str = None, source_lang: str = Non
             for split in ("train", "valid", "test"):
                 pieces = {lang: [" ".join(p) for p in processor.encode(read_lines(os.path.join(text, f"{split}.{lang}")), out_type=str)]
                           for lang in (s, t)}
-                if split == "train" and max_train_len:
-                    keep = [max(len(a.split()), len(b.split())) <= max_train_len for a, b in zip(pieces[s], pieces[t])]
+                if split == "train" and (max_train_len or max_train_source_len):
+                    keep = [(not max_train_len or max(len(a.split()), len(b.split())) <= max_train_len)
+                            and (not max_train_source_len or len(a.split()) <= max_train_source_len)
+                            for a, b in zip(pieces[s], pieces[t])]
                     pieces = {lang: [x for x, k in zip(lines, keep) if k] for lang, lines in pieces.items()}
                     if not pieces[s]:
-                        raise PrepareError(f"--max-train-len {max_train_len} keeps no training pair")
+                        raise PrepareError(f"--max-train-len {max_train_len} / --max-train-source-len "
+                                           f"{max_train_source_len} keeps no training pair")
+                    print(f"prepare: kept {len(pieces[s])} of {len(keep)} training pairs", flush=True)
                 for lang in (s, t):
                     write_lines(os.path.join(tmp, f"{split}.{lang}"), pieces[lang])
     with stage(dest) as tmp:
@@ -269,13 +274,17 @@ def main(argv=None):
     parser.add_argument("--target-lang", "--tgt")
     parser.add_argument("--vocab-size", type=int, default=8000, help="joint sentencepiece vocabulary (default 8000)")
     parser.add_argument("--max-train-len", type=int, help="keep training pairs of at most N subwords per side")
+    parser.add_argument("--max-train-source-len", type=int,
+                        help="keep training pairs whose source has at most N subwords (short-to-long studies; "
+                             "valid and test stay whole)")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     spec = DATASETS[args.dataset]
     s, t = args.source_lang or spec["langs"][0], args.target_lang or spec["langs"][1]
     dest = args.dest or os.path.join("data-bin", f"{args.dataset.split('-')[0]}_{s}_{t}")
     try:
-        prepare(args.dataset, dest, args.raw_dir, s, t, args.vocab_size, args.max_train_len, args.workers)
+        prepare(args.dataset, dest, args.raw_dir, s, t, args.vocab_size, args.max_train_len, args.workers,
+                args.max_train_source_len)
     except PrepareError as e:
         print(f"prepare: error: {e}\nprepare: nothing was written for the failed stage", file=sys.stderr)
         return 2

@@ -7,12 +7,12 @@ whole trajectory is one unknown P = [p(s_0), ..., p(s_M)] on a grid of step delt
     p(s_{m+1}) = a p(s_m) + int_{s_m}^{s_{m+1}} exp(-gamma (s_{m+1} - s)) g(s, p(s)) ds,   a = exp(-gamma delta)
 
 is iterated as a Picard map P <- F(P): g is evaluated at every grid point in one batched call,
-integrated exactly against the exponential with the cubic through the four nearest grid values
-(4th order; weights by Gauss-Legendre quadrature, differentiable in gamma), and the linear
+integrated exactly against the exponential with the cubic through the grid values at s_m-2 ..
+s_m+1 (weights by Gauss-Legendre quadrature, differentiable in gamma), and the linear
 recurrence is solved for all m at once by a chunked weighted cumulative sum. The decay is
 integrated exactly, so the map contracts at a rate set by g alone: on the trained dynamics of
-``make demo`` 11 iterations reach 1e-6 at every length we tried (13 to 52 positions), where
-plain Picard iteration needs 13 and 28 (benchmarks/bench_parallel_solve.py).
+``make demo`` 9 to 11 iterations reach 1e-6 at 13 and at 52 positions
+(benchmarks/bench_solver_accuracy.py).
 
 Gradients are exact at the fixed point P* = F(P*) (implicit differentiation, as in deep
 equilibrium models): the incoming gradient v is mapped to w = (I - dF/dP)^-T v by the same

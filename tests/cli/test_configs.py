@@ -28,7 +28,7 @@ def test_checked_in_configs_equal_the_generator_output():
     for path, text in expected.items():
         with open(path, encoding="utf-8") as f:
             assert f.read() == text, f"{path} differs from scripts/make-configs.py: re-run it"
-    datasets = {"multi30k-de-en", "iwslt14-de-en", "wmt14-en-de-base", "wmt14-en-de-big", "wmt14-en-fr-base", "wmt14-en-fr-big"}
+    datasets = {"multi30k-de-en", "multi30k-de-en-src12", "iwslt14-de-en", "wmt14-en-de-base", "wmt14-en-de-big", "wmt14-en-fr-base", "wmt14-en-fr-big"}
     assert set(make.DATASETS) == datasets
     assert TABLE2_ROWS | {"none", "shifted-basis-gaussian", "rope", "alibi", "kernelized-rpe",
                           "floater-all-dissipative", "floater-all-scratch"} == set(make.ROWS)

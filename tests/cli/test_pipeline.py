@@ -57,6 +57,18 @@ def test_max_train_len_keeps_only_short_pairs(prepared, tmp_path):
     assert len(train) < 300
 
 
+def test_max_train_source_len_filters_on_the_source_only(prepared, tmp_path):
+    script("prepare-multi30k.sh", "--raw-dir", prepared / "raw", "--dest", tmp_path / "src", "--vocab-size", "20",
+           "--max-train-source-len", "6")
+    bpe = tmp_path / "src.work" / "bpe"
+    source, target = ((bpe / f"train.{lang}").read_text().splitlines() for lang in ("de", "en"))
+    assert source and len(source) == len(target) and all(len(line.split()) <= 6 for line in source)
+    whole = prepared / "data.work" / "bpe"
+    pairs = zip(*((whole / f"train.{lang}").read_text().splitlines() for lang in ("de", "en")))
+    assert list(zip(source, target)) == [(s, t) for s, t in pairs if len(s.split()) <= 6]  # exactly those
+    assert (bpe / "test.de").read_text().splitlines() == (whole / "test.de").read_text().splitlines()
+
+
 def corrupt(raw, kind):
     if kind == "missing":
         os.remove(raw / "val.en.gz")
