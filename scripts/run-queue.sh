@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# usage: scripts/run-queue.sh QUEUE_FILE [RUNS_DIR]
+# Trains and evaluates seeded runs one at a time, in the background-friendly way the converged
+# tables need (start it with nohup from outside the work tree). Each line of QUEUE_FILE is
+#   ROW SEED [DATASET [EPOCHS]]          (DATASET default multi30k-de-en, EPOCHS default 12)
+# The file is re-read before each job, so it can be edited while this runs. A job trains
+# configs/DATASET/ROW.yaml with --seed SEED --max-epoch EPOCHS into RUNS_DIR/DATASET/ROW-seedSEED
+# (default RUNS_DIR: ~/floater-runs), resuming from its checkpoint_last, then writes
+# results/DATASET/seeds/ROW-seedSEED.{test,valid}.json (checkpoint_last, the config's beam);
+# jobs whose valid result exists are skipped. THREADS (default 2) sets the CPU threads;
+# FLOATER_CONFIGS / FLOATER_RESULTS replace configs/ and results/ (as for reproduce-table.sh).
+set -uo pipefail
+if [ $# -lt 1 ]; then echo "usage: $0 QUEUE_FILE [RUNS_DIR]" >&2; exit 2; fi
+QUEUE=$(realpath "$1"); RUNS=${2:-$HOME/floater-runs}
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+PYTHON="${PYTHON:-$( [ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || echo python3 )}"
+CONFIGS=${FLOATER_CONFIGS:-$REPO/configs}; RESULTS=${FLOATER_RESULTS:-$REPO/results}
+export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
+while true; do
+  job=""
+  while read -r row seed dataset epochs; do
+    case "$row" in ""|\#*) continue ;; esac
+    dataset=${dataset:-multi30k-de-en}
+    [ -f "$RESULTS/$dataset/seeds/$row-seed$seed.valid.json" ] && continue
+    job="$row $seed $dataset ${epochs:-12}"; break
+  done < "$QUEUE"
+  [ -z "$job" ] && { echo "queue done"; exit 0; }
+  set -- $job; row=$1; seed=$2; dataset=$3; epochs=$4
+  dir=$RUNS/$dataset/$row-seed$seed
+  out=$RESULTS/$dataset/seeds/$row-seed$seed
+  mkdir -p "$RESULTS/$dataset/seeds"
+  echo "=== $(date) $dataset $row seed $seed, $epochs epochs"
+  bash "$REPO/scripts/train.sh" "$CONFIGS/$dataset/$row.yaml" --max-epoch "$epochs" --seed "$seed" \
+     --save-dir "$dir" --no-progress-bar --log-format simple --log-interval 100 || exit 1
+  for subset in test valid; do
+    "$PYTHON" -m floater_fairseq.cli.experiment evaluate "$dir" "$CONFIGS/$dataset/$row.yaml" \
+       --average-last 1 --subset $subset --output "$out.$subset.json" || exit 1
+  done
+done
