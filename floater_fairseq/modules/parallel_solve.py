@@ -19,7 +19,6 @@ equilibrium models): the incoming gradient v is mapped to w = (I - dF/dP)^-T v b
 fixed-point iteration on vector-Jacobian products, then sent through one application of F to
 theta, gamma and p(0). Kernel launches are therefore independent of the length.
 """
-import warnings
 from typing import Optional
 
 import numpy as np
@@ -86,6 +85,19 @@ def linear_recurrence(start: torch.Tensor, decay: torch.Tensor, delta: float, st
     return torch.cat(outputs)
 
 
+def fixed_point_iteration(step, guess: torch.Tensor, tolerance: float, max_iterations: int) -> Optional[torch.Tensor]:
+    """x = step(x) by plain iteration, until no value of step(x) - x exceeds ``tolerance`` x max
+    |step(x)|; None if that never happens. (Anderson acceleration was measured on the demo's trained
+    dynamics: 9 instead of 11 iterations, for several more trajectory-sized tensors of memory.)"""
+    x = guess
+    for _ in range(max_iterations):
+        fx = step(x)
+        if float((fx - x).abs().max()) <= tolerance * max(float(fx.abs().max()), 1e-30):
+            return fx
+        x = fx
+    return None
+
+
 def solve(dynamics, start: torch.Tensor, first_time: float, count: int, dt: float, substeps: int,
           tolerance: float, max_iterations: int) -> Optional[torch.Tensor]:
     """p(first_time + i dt) for i < count, from p(first_time) = start: [count, K, d].
@@ -106,38 +118,28 @@ def solve(dynamics, start: torch.Tensor, first_time: float, count: int, dt: floa
         forcing = dynamics.forcing(time_bias, trajectory)
         return linear_recurrence(start, decay, delta, increments(forcing, weights))
 
-    def change(new, old):
-        return float((new - old).abs().max()) / max(float(new.abs().max()), 1e-30)
-
     with torch.no_grad():
-        trajectory = start.detach().unsqueeze(0).expand(points, *start.shape).contiguous()
-        for _ in range(max_iterations):
-            new = picard(trajectory)
-            converged = change(new, trajectory) <= tolerance
-            trajectory = new
-            if converged:
-                break
-        else:
-            return None
+        guess = start.detach().unsqueeze(0).expand(points, *start.shape).contiguous()
+        trajectory = fixed_point_iteration(picard, guess, tolerance, max_iterations)
+    if trajectory is None:
+        return None
     if not torch.is_grad_enabled():
         return trajectory[::substeps]
-    fixed_point = trajectory.detach().requires_grad_()
+    at_fixed_point = trajectory.detach().requires_grad_()
     with torch.enable_grad():
-        linearised = picard(fixed_point)  # for vector-Jacobian products w.r.t. P at P*
+        linearised = picard(at_fixed_point)  # for vector-Jacobian products w.r.t. P at P*
     output = picard(trajectory.detach())  # carries the gradient to theta, gamma and p(0)
 
     def implicit_gradient(grad):
-        # w = grad + (dF/dP)^T w, iterated like the forward map (same contraction)
-        result = grad
-        for _ in range(max_iterations):
-            new = grad + torch.autograd.grad(linearised, fixed_point, result, retain_graph=True)[0]
-            converged = change(new, result) <= tolerance
-            result = new
-            if converged:
-                return result
-        warnings.warn("FLOATER parallel solve: the implicit gradient did not reach the tolerance in "
-                      f"{max_iterations} iterations; raise --floater-parallel-iterations or use rk4")
-        return result
+        # w = grad + (dF/dP)^T w: a fixed point with the forward map's contraction
+        def adjoint(w):
+            return grad + torch.autograd.grad(linearised, at_fixed_point, w, retain_graph=True)[0]
+
+        w = fixed_point_iteration(adjoint, grad, tolerance, max_iterations)
+        if w is None:
+            raise FloatingPointError("FLOATER parallel solve: the implicit gradient did not converge in "
+                                     f"{max_iterations} iterations although the solve did; use --floater-method rk4")
+        return w
 
     if output.requires_grad:
         output.register_hook(implicit_gradient)
