@@ -22,15 +22,17 @@ COMMON = {
     "label-smoothing": 0.1, "keep-last-epochs": 5, "seed": 1,
 }
 
+# Multi30k's CPU-sized recipe (3+3 layers, 256 dims), shared by its full and short-to-long variants
+MULTI30K_TRAIN = {"source-lang": "de", "target-lang": "en", "encoder-layers": 3, "decoder-layers": 3,
+                  "encoder-embed-dim": 256, "decoder-embed-dim": 256, "encoder-ffn-embed-dim": 512,
+                  "decoder-ffn-embed-dim": 512, "encoder-attention-heads": 4, "decoder-attention-heads": 4,
+                  "dropout": 0.3, "weight-decay": 0.0001, "lr": 0.001, "warmup-updates": 400, "max-tokens": 2048}
+
 DATASETS = {
     "multi30k-de-en": dict(
         description="Multi30k (Flickr30k) de->en, CPU-sized Transformer (3+3 layers, 256 dims)",
         data="data-bin/multi30k_de_en", arch="floater_transformer",
-        train={"source-lang": "de", "target-lang": "en", "encoder-layers": 3, "decoder-layers": 3,
-               "encoder-embed-dim": 256, "decoder-embed-dim": 256, "encoder-ffn-embed-dim": 512,
-               "decoder-ffn-embed-dim": 512, "encoder-attention-heads": 4, "decoder-attention-heads": 4,
-               "dropout": 0.3, "weight-decay": 0.0001, "lr": 0.001, "warmup-updates": 400,
-               "max-tokens": 2048, "max-epoch": 20},
+        train={**MULTI30K_TRAIN, "max-epoch": 20},
         evaluate={"average_last": 5, "beam": 5, "lenpen": 1.0, "compound_split": False}, warm_epochs=5),
     # short-to-long (issue 16): trained on the pairs whose source has <= 12 subwords, tested on all
     # (python -m floater_fairseq.cli.prepare multi30k --raw-dir ... --src de --tgt en
@@ -39,11 +41,7 @@ DATASETS = {
         description="Multi30k de->en trained on sources of <= 12 subwords, CPU-sized Transformer (3+3 layers, "
                     "256 dims)",
         data="data-bin/multi30k_de_en_src12", arch="floater_transformer",
-        train={"source-lang": "de", "target-lang": "en", "encoder-layers": 3, "decoder-layers": 3,
-               "encoder-embed-dim": 256, "decoder-embed-dim": 256, "encoder-ffn-embed-dim": 512,
-               "decoder-ffn-embed-dim": 512, "encoder-attention-heads": 4, "decoder-attention-heads": 4,
-               "dropout": 0.3, "weight-decay": 0.0001, "lr": 0.001, "warmup-updates": 400,
-               "max-tokens": 2048, "max-epoch": 40},
+        train={**MULTI30K_TRAIN, "max-epoch": 40},
         evaluate={"average_last": 5, "beam": 5, "lenpen": 1.0, "compound_split": False}, warm_epochs=10),
     "iwslt14-de-en": dict(
         description="IWSLT14 de->en, fairseq's transformer_iwslt_de_en recipe",
