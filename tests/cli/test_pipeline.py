@@ -49,24 +49,15 @@ def test_prepare_writes_binarized_data_and_skips_when_done(prepared):
     assert "nothing to do" in again.stdout
 
 
-def test_max_train_len_keeps_only_short_pairs(prepared, tmp_path):
+def test_max_train_len_and_source_len_keep_exactly_the_short_pairs(prepared, tmp_path):
     script("prepare-multi30k.sh", "--raw-dir", prepared / "raw", "--dest", tmp_path / "short", "--vocab-size", "20",
-           "--max-train-len", "6")
-    train = (tmp_path / "short.work" / "bpe" / "train.de").read_text().splitlines()
-    assert train and all(len(line.split()) <= 6 for line in train)
-    assert len(train) < 300
-
-
-def test_max_train_source_len_filters_on_the_source_only(prepared, tmp_path):
-    script("prepare-multi30k.sh", "--raw-dir", prepared / "raw", "--dest", tmp_path / "src", "--vocab-size", "20",
-           "--max-train-source-len", "6")
-    bpe = tmp_path / "src.work" / "bpe"
-    source, target = ((bpe / f"train.{lang}").read_text().splitlines() for lang in ("de", "en"))
-    assert source and len(source) == len(target) and all(len(line.split()) <= 6 for line in source)
-    whole = prepared / "data.work" / "bpe"
+           "--max-train-len", "8", "--max-train-source-len", "6")
+    bpe, whole = tmp_path / "short.work" / "bpe", prepared / "data.work" / "bpe"
+    kept = list(zip(*((bpe / f"train.{lang}").read_text().splitlines() for lang in ("de", "en"))))
     pairs = zip(*((whole / f"train.{lang}").read_text().splitlines() for lang in ("de", "en")))
-    assert list(zip(source, target)) == [(s, t) for s, t in pairs if len(s.split()) <= 6]  # exactly those
-    assert (bpe / "test.de").read_text().splitlines() == (whole / "test.de").read_text().splitlines()
+    assert kept == [(s, t) for s, t in pairs if len(s.split()) <= 6 and len(t.split()) <= 8]  # exactly those
+    assert 0 < len(kept) < 300
+    assert (bpe / "test.de").read_text().splitlines() == (whole / "test.de").read_text().splitlines()  # test whole
 
 
 def corrupt(raw, kind):
