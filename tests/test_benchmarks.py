@@ -1,0 +1,38 @@
+"""The benchmarks measure what they say: the accuracy benchmark's reference row is the reference,
+coarser steps are further from it, and the op counter sees rk4's launches grow with length while
+the parallel solve's do not."""
+import os
+
+from conftest import REPO
+from fairseq.data import Dictionary
+
+from benchmarks import bench_solver_accuracy, bench_speed
+
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "checkpoint-2026-11-25", "checkpoint.pt")
+
+
+def test_solver_accuracy_against_the_reference():
+    signal = bench_solver_accuracy.signal_of(FIXTURE)  # a FLOATER-all checkpoint (paper dynamics)
+    rows = bench_solver_accuracy.compare(signal, [("rk4", signal.dt / 10), ("rk4", signal.dt)], [6, 24])
+    by_setting = {(setting.split(" ")[0], length): (table, grads) for setting, length, table, grads, _ in rows}
+    assert by_setting[("rk4:DT/5", 6)] == (0.0, 0.0)
+    finer, coarser = by_setting[(f"rk4:{signal.dt / 10:g}", 24)], by_setting[(f"rk4:{signal.dt:g}", 24)]
+    assert 0 < finer[0] < coarser[0] and 0 < finer[1] < coarser[1]
+
+
+def test_op_counter_sees_rk4_grow_with_length_and_parallel_not():
+    dictionary = Dictionary()
+    for i in range(50):
+        dictionary.add_symbol(f"w{i}")
+    bench_speed.SIZES["tiny"] = ("transformer", ["--encoder-layers", "1", "--decoder-layers", "1",
+                                                 "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
+                                                 "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
+                                                 "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"])
+    try:
+        rows = bench_speed.op_counts("tiny", ["rk4-dt", "parallel"], [10, 40], dictionary, sentences=2)
+    finally:
+        del bench_speed.SIZES["tiny"]
+    (_, _, short), (_, _, long) = rows
+    assert long["rk4-dt"] > 3 * short["rk4-dt"] > 0
+    assert abs(long["parallel"] - short["parallel"]) < 0.2 * short["parallel"]
+    assert long["parallel"] < long["rk4-dt"] / 5
