@@ -2,6 +2,7 @@
 
     python -m floater_fairseq.cli.experiment train CONFIG [extra fairseq-train flags]
     python -m floater_fairseq.cli.experiment evaluate CHECKPOINT_DIR [CONFIG] [--average-last N]
+        [--subset S] [--output FILE] [--model-overrides "{'floater_step_size': 0.1}"]
     python -m floater_fairseq.cli.experiment table DATASET [--rows R,...] [extra fairseq-train flags]
 
 (scripts/train.sh, evaluate.sh and reproduce-table.sh call these.)
@@ -15,7 +16,8 @@ max_epoch epochs and fresh optimizer, scheduler, data loader and meters.
 evaluate: averages the last N epoch checkpoints with fairseq's averaging script, decodes the test
 set with the config's beam and lenpen (subwords removed), scores with sacreBLEU against the raw
 references (signature printed; compound-split BLEU for En-De, labelled as such) and writes one
-JSON result to results/DATASET/ROW.json.
+JSON result to results/DATASET/ROW.json (with the decode time, and the model overrides if any: the
+solver-step study decodes one model with several --floater-step-size values).
 
 table: train + evaluate every Table-2 row of a dataset (rows with a result are skipped) and
 write results/DATASET.md in the paper's layout, with the paper's numbers where it has them.
@@ -156,13 +158,15 @@ def compound_split(lines):
     return [re.sub(r"(\S)-(\S)", r"\1 ##AT##-##AT## \2", line) for line in lines]
 
 
-def decode(data, checkpoint, config, subset="test"):
+def decode(data, checkpoint, config, subset="test", model_overrides=None):
     train_flags, evaluation = config["train"], config["evaluate"]
     cmd = [common.tool("fairseq-generate"), data, "--user-dir", USER_DIR, "--path", checkpoint,
            "--gen-subset", subset, "--source-lang", str(train_flags["source-lang"]), "--target-lang",
            str(train_flags["target-lang"]), "--beam", str(evaluation.get("beam", 5)), "--lenpen",
            str(evaluation.get("lenpen", 1.0)), "--batch-size", str(evaluation.get("batch_size", 64)),
            "--required-batch-size-multiple", "1", "--remove-bpe", "sentencepiece", "--no-progress-bar"]
+    if model_overrides:
+        cmd += ["--model-overrides", repr(model_overrides)]
     import torch
     if not torch.cuda.is_available():
         cmd.append("--cpu")
@@ -192,7 +196,7 @@ def training_state(save_dir: str) -> dict:
 
 
 def evaluate(save_dir: str, config_path: str = None, average_last: int = None, output: str = None,
-             subset: str = None):
+             subset: str = None, model_overrides: dict = None):
     config_path = config_path or os.path.join(save_dir, "config.yaml")
     config = load(config_path)
     evaluation = config["evaluate"]
@@ -200,7 +204,9 @@ def evaluate(save_dir: str, config_path: str = None, average_last: int = None, o
     start = time.time()
     checkpoint = average(save_dir, average_last or evaluation.get("average_last", 1))
     subset = subset or evaluation.get("subset", "test")
-    hypotheses = decode(data, checkpoint, config, subset)
+    decode_start = time.time()
+    hypotheses = decode(data, checkpoint, config, subset, model_overrides)
+    decode_seconds = time.time() - decode_start
     target = str(config["train"]["target-lang"])
     references_path = os.path.join(data, f"{subset}.raw.{target}")
     with open(references_path, encoding="utf-8") as f:
@@ -215,7 +221,10 @@ def evaluate(save_dir: str, config_path: str = None, average_last: int = None, o
     result = {"dataset": config["dataset"], "config": os.path.relpath(os.path.abspath(config_path), REPO),
               "row": row_of(config_path)[1] if config_path != os.path.join(save_dir, "config.yaml") else os.path.basename(save_dir),
               "bleu": round(score.score, 2), "signature": str(bleu.get_signature()), "checkpoint": checkpoint,
-              "subset": subset, "sentences": len(hyps), "evaluate_seconds": round(time.time() - start, 1)}
+              "subset": subset, "sentences": len(hyps), "evaluate_seconds": round(time.time() - start, 1),
+              "decode_seconds": round(decode_seconds, 1)}
+    if model_overrides:
+        result["model_overrides"] = model_overrides
     result.update(training_state(save_dir))
     timing = os.path.join(save_dir, "train_time.json")
     if os.path.exists(timing):
@@ -314,6 +323,18 @@ def render_table(dataset, results):
     return "\n".join(lines)
 
 
+def _overrides(text: str) -> dict:
+    import ast
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"--model-overrides must be a Python dict literal such as "
+                                         f"\"{{'floater_step_size': 0.1}}\", got {text!r}")
+    return value
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
@@ -327,6 +348,9 @@ def main(argv=None):
     p.add_argument("--average-last", type=int)
     p.add_argument("--output")
     p.add_argument("--subset", help="split to decode and score (default: the config's, else test)")
+    p.add_argument("--model-overrides", type=_overrides, metavar="DICT",
+                   help="fairseq-generate's --model-overrides, e.g. \"{'floater_step_size': 0.1}\" (recorded in "
+                        "the result)")
     p = commands.add_parser("seeds", help="the per-seed results of a dataset as mean ± std")
     p.add_argument("dataset")
     p = commands.add_parser("table")
@@ -339,7 +363,8 @@ def main(argv=None):
         if args.command == "train":
             train(args.config, extra)
         elif args.command == "evaluate":
-            evaluate(args.checkpoint_dir, args.config, args.average_last, args.output, args.subset)
+            evaluate(args.checkpoint_dir, args.config, args.average_last, args.output, args.subset,
+                     args.model_overrides)
         elif args.command == "seeds":
             print(seed_table(args.dataset))
         else:
