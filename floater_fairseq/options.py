@@ -78,7 +78,7 @@ _OPTIONS = [
            saved_with=("floater_dt", "floater_method", "floater_step_size", "floater_rtol", "floater_atol",
                        "floater_adjoint", "floater_hidden_dim", "floater_init_std")),
     Option("floater", "--floater-step-size", None, "step of fixed-grid solvers (None: DT/5, the paper's "
-           "setting); at most DT", float, bounds=(0, INF, False), metavar="H"),
+           "setting); above DT, positions between grid points are interpolated linearly (torchdiffeq)", float, bounds=(0, INF, False), metavar="H"),
     Option("floater", "--floater-parallel-tol", 1e-6, "--floater-method parallel: stop iterating when no "
            "value changes by more than this, relative to the largest value", float, bounds=(0, 1, False)),
     Option("floater", "--floater-rtol", 1e-4, "rtol of adaptive solvers", float, bounds=(0, 1, False)),

@@ -187,10 +187,11 @@ class FloaterPositionSignal(nn.Module):
                 f"FLOATER: unknown --floater-method {method!r}; choose one of {', '.join(ODE_METHODS)}"
             )
         step_size = dt / 5 if step_size is None else step_size
-        if method in FIXED_GRID_METHODS + PARALLEL_METHODS and not 0 < step_size <= dt:
-            raise ValueError(
-                f"FLOATER: --floater-step-size must be in (0, dt={dt}], got {step_size}"
-            )
+        if method in FIXED_GRID_METHODS + PARALLEL_METHODS and not step_size > 0:
+            raise ValueError(f"FLOATER: --floater-step-size must be > 0, got {step_size}")
+        if method in PARALLEL_METHODS and step_size > dt:
+            raise ValueError(f"FLOATER: --floater-method parallel needs positions on its grid: --floater-step-size "
+                             f"({step_size}) must divide --floater-dt ({dt})")
         if method in PARALLEL_METHODS:
             if dynamics != "dissipative":
                 raise ValueError(f"FLOATER: --floater-method parallel integrates the decay of dissipative dynamics "

@@ -210,7 +210,7 @@ def test_non_finite_state_raises_floater_error():
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"dt": 0.0}, "--floater-dt must be > 0"), ({"method": "rk5"}, "unknown --floater-method 'rk5'"),
-     ({"dt": 0.1, "step_size": 0.5}, "--floater-step-size")],
+     ({"dt": 0.1, "step_size": -0.1}, "--floater-step-size must be > 0")],
 )
 def test_bad_settings_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
