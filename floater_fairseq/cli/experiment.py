@@ -1,6 +1,6 @@
 """Train, evaluate and tabulate experiments described by configs/DATASET/ROW.yaml.
 
-    python -m floater_fairseq.cli.experiment train CONFIG [extra fairseq-train flags]
+    python -m floater_fairseq.cli.experiment train CONFIG [--warm-start-from DIR] [extra fairseq-train flags]
     python -m floater_fairseq.cli.experiment evaluate CHECKPOINT_DIR [CONFIG] [--average-last N]
         [--subset S] [--output FILE] [--model-overrides "{'floater_step_size': 0.1}"]
     python -m floater_fairseq.cli.experiment table DATASET [--rows R,...] [extra fairseq-train flags]
@@ -83,7 +83,7 @@ def _save_dir(extra):
     return extra[extra.index("--save-dir") + 1] if "--save-dir" in extra else None
 
 
-def train(config_path: str, extra=()):
+def train(config_path: str, extra=(), warm_start_from: str = None):
     config = load(config_path)
     data = repo_path(config["data"])
     if not os.path.isdir(data):
@@ -95,8 +95,10 @@ def train(config_path: str, extra=()):
     flags = train_args(config)
     resume = os.path.exists(os.path.join(save_dir, "checkpoint_last.pt"))
     warm = config.get("warm_start")
+    if warm_start_from and not warm:
+        raise ExperimentError(f"--warm-start-from: {config_path} has no warm_start section")
     if warm and not resume:
-        flags = warm_start_flags(config_path, config, save_dir, flags, extra)
+        flags = warm_start_flags(config_path, config, save_dir, flags, extra, warm_start_from)
     with open(os.path.join(save_dir, "config.yaml"), "w") as f, open(config_path) as source:
         f.write(source.read())  # evaluate reads the run's own copy
     start, done = time.time(), False
@@ -120,10 +122,15 @@ def finished(save_dir: str) -> bool:
     return os.path.exists(timing) and json.load(open(timing)).get("finished", False)
 
 
-def warm_start_flags(config_path, config, save_dir, flags, extra):
+def warm_start_flags(config_path, config, save_dir, flags, extra, source_dir=None):
     source_config = os.path.join(os.path.dirname(os.path.abspath(config_path)), config["warm_start"]["from"] + ".yaml")
     source_extra = [x for i, x in enumerate(extra) if x != "--save-dir" and (i == 0 or extra[i - 1] != "--save-dir")]
-    source_dir = checkpoint_dir(source_config)
+    if source_dir is not None:  # a given run of the source row (e.g. the same seed's)
+        if not finished(source_dir):
+            raise ExperimentError(f"--warm-start-from {source_dir}: no finished training run there (train.sh "
+                                  f"writes train_time.json with finished: true); train it first")
+    else:
+        source_dir = checkpoint_dir(source_config)
     if not finished(source_dir):
         print(f"warm start: training {source_config} first", flush=True)
         train(source_config, source_extra)
@@ -342,6 +349,8 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("train")
     p.add_argument("config")
+    p.add_argument("--warm-start-from", metavar="DIR", help="for a config with warm_start: the finished run of "
+                   "its source row to start from (default: the source row's own checkpoint dir, trained if needed)")
     p = commands.add_parser("evaluate")
     p.add_argument("checkpoint_dir")
     p.add_argument("config", nargs="?")
@@ -361,7 +370,7 @@ def main(argv=None):
         parser.error(f"unknown arguments: {extra}")
     try:
         if args.command == "train":
-            train(args.config, extra)
+            train(args.config, extra, args.warm_start_from)
         elif args.command == "evaluate":
             evaluate(args.checkpoint_dir, args.config, args.average_last, args.output, args.subset,
                      args.model_overrides)

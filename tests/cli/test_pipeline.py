@@ -149,6 +149,20 @@ def test_run_queue_trains_evaluates_and_skips_what_is_done(table_run, tmp_path):
     assert "===" not in again.stdout and "queue done" in again.stdout
 
 
+def test_warm_start_from_a_given_run_of_the_source_row(table_run, tmp_path):
+    root, env, _ = table_run
+    config = root / "configs" / "tiny-de-en" / "floater-all.yaml"
+    source = root / "checkpoints" / "tiny-de-en" / "sinusoidal-input"  # finished by the table run
+    missing = script("train.sh", config, "--warm-start-from", tmp_path / "nothing", "--save-dir", tmp_path / "a",
+                     env=env, check=False)
+    assert missing.returncode != 0 and "no finished training run there" in missing.stderr + missing.stdout
+    result = script("train.sh", config, "--warm-start-from", source, "--save-dir", tmp_path / "warm",
+                    "--max-update", "2", env=env)
+    assert "warm start: training" not in result.stdout  # the given run is used, nothing retrained
+    assert str(source / "checkpoint_last.pt") in result.stdout and "--reset-optimizer" in result.stdout
+    assert (tmp_path / "warm" / "warm_start.pt").exists() and (tmp_path / "warm" / "checkpoint_last.pt").exists()
+
+
 def test_train_log_has_each_line_once(table_run):
     """fairseq 0.12's --log-file handler is added again every epoch (epoch N's lines N times);
     experiment train writes train.log itself, once per line, across epochs and resumed runs."""
