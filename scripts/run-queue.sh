@@ -2,7 +2,9 @@
 # usage: scripts/run-queue.sh QUEUE_FILE [RUNS_DIR]
 # Trains and evaluates seeded runs one at a time, in the background-friendly way the converged
 # tables need (start it with nohup from outside the work tree). Each line of QUEUE_FILE is
-#   ROW SEED [DATASET [EPOCHS]]          (DATASET default multi30k-de-en, EPOCHS default 12)
+#   ROW SEED [DATASET [EPOCHS [FLAGS...]]]   (DATASET default multi30k-de-en, EPOCHS default 12)
+# FLAGS go to scripts/train.sh, with {runs} replaced by RUNS_DIR, e.g. for the paper's warm start
+#   floater-all 1 multi30k-de-en 5 --warm-start-from {runs}/multi30k-de-en/sinusoidal-input-seed1
 # The file is re-read before each job, so it can be edited while this runs. A job trains
 # configs/DATASET/ROW.yaml with --seed SEED --max-epoch EPOCHS into RUNS_DIR/DATASET/ROW-seedSEED
 # (default RUNS_DIR: ~/floater-runs), resuming from its checkpoint_last, then writes
@@ -18,19 +20,19 @@ CONFIGS=${FLOATER_CONFIGS:-$REPO/configs}; RESULTS=${FLOATER_RESULTS:-$REPO/resu
 export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
 while true; do
   job=""
-  while read -r row seed dataset epochs; do
+  while read -r row seed dataset epochs flags; do
     case "$row" in ""|\#*) continue ;; esac
     dataset=${dataset:-multi30k-de-en}
     [ -f "$RESULTS/$dataset/seeds/$row-seed$seed.valid.json" ] && continue
-    job="$row $seed $dataset ${epochs:-12}"; break
+    job="$row $seed $dataset ${epochs:-12} ${flags//\{runs\}/$RUNS}"; break
   done < "$QUEUE"
   [ -z "$job" ] && { echo "queue done"; exit 0; }
-  set -- $job; row=$1; seed=$2; dataset=$3; epochs=$4
+  set -- $job; row=$1; seed=$2; dataset=$3; epochs=$4; shift 4
   dir=$RUNS/$dataset/$row-seed$seed
   out=$RESULTS/$dataset/seeds/$row-seed$seed
   mkdir -p "$RESULTS/$dataset/seeds"
   echo "=== $(date) $dataset $row seed $seed, $epochs epochs"
-  bash "$REPO/scripts/train.sh" "$CONFIGS/$dataset/$row.yaml" --max-epoch "$epochs" --seed "$seed" \
+  bash "$REPO/scripts/train.sh" "$CONFIGS/$dataset/$row.yaml" "$@" --max-epoch "$epochs" --seed "$seed" \
      --save-dir "$dir" --no-progress-bar --log-format simple --log-interval 100 || exit 1
   for subset in test valid; do
     "$PYTHON" -m floater_fairseq.cli.experiment evaluate "$dir" "$CONFIGS/$dataset/$row.yaml" \

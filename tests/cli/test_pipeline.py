@@ -138,12 +138,15 @@ def test_table_trains_warm_starts_evaluates_and_writes_the_table(table_run):
 def test_run_queue_trains_evaluates_and_skips_what_is_done(table_run, tmp_path):
     root, env, _ = table_run
     queue = tmp_path / "queue.txt"
-    queue.write_text("# ROW SEED DATASET EPOCHS\nsinusoidal-input 2 tiny-de-en 1\n")
+    queue.write_text("# ROW SEED DATASET EPOCHS FLAGS\nsinusoidal-input 2 tiny-de-en 1\n"
+                     "floater-all 2 tiny-de-en 1 --warm-start-from {runs}/tiny-de-en/sinusoidal-input-seed2\n")
     first = script("run-queue.sh", queue, tmp_path / "runs", env=env)
     assert "tiny-de-en sinusoidal-input seed 2, 1 epochs" in first.stdout and "queue done" in first.stdout
-    for subset in ("test", "valid"):
-        record = json.loads((root / "results" / "tiny-de-en" / "seeds" / f"sinusoidal-input-seed2.{subset}.json").read_text())
-        assert 0 <= record["bleu"] <= 100
+    assert (tmp_path / "runs" / "tiny-de-en" / "floater-all-seed2" / "warm_start.pt").exists()  # from seed 2's run
+    for row in ("sinusoidal-input", "floater-all"):
+        for subset in ("test", "valid"):
+            record = json.loads((root / "results" / "tiny-de-en" / "seeds" / f"{row}-seed2.{subset}.json").read_text())
+            assert 0 <= record["bleu"] <= 100 and record["seed"] == 2
     assert (tmp_path / "runs" / "tiny-de-en" / "sinusoidal-input-seed2" / "checkpoint_last.pt").exists()
     again = script("run-queue.sh", queue, tmp_path / "runs", env=env)
     assert "===" not in again.stdout and "queue done" in again.stdout
