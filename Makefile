@@ -24,7 +24,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 demo: venv
 	$(PY) -m floater_fairseq.cli.demo
