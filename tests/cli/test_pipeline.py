@@ -139,7 +139,8 @@ def test_run_queue_trains_evaluates_and_skips_what_is_done(table_run, tmp_path):
     root, env, _ = table_run
     queue = tmp_path / "queue.txt"
     queue.write_text("# ROW SEED DATASET EPOCHS FLAGS\nsinusoidal-input 2 tiny-de-en 1\n"
-                     "floater-all 2 tiny-de-en 1 --warm-start-from {runs}/tiny-de-en/sinusoidal-input-seed2\n")
+                     "floater-all 2 tiny-de-en 1 --warm-start-from {runs}/tiny-de-en/sinusoidal-input-seed2 "
+                     "--max-update 3\n")
     first = script("run-queue.sh", queue, tmp_path / "runs", env=env)
     assert "tiny-de-en sinusoidal-input seed 2, 1 epochs" in first.stdout and "queue done" in first.stdout
     assert "warm start: training" not in first.stdout  # seed 2's run is the source, nothing retrained

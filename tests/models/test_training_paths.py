@@ -160,7 +160,7 @@ def test_plain_run_logs_the_valid_loss_of_its_checkpoint(synthetic_bin, plain_ru
 
 # the parallel solve differs from rk4 only in how the positions are solved and differentiated: the
 # options that change how often and in what precision backward runs (the suite's time is bounded)
-PARALLEL_OPTIONS = ("update-freq-2", "checkpoint-activations", "memory-efficient-fp16")
+PARALLEL_OPTIONS = ("checkpoint-activations", "memory-efficient-fp16")
 CELLS = [(e, o) for e in ENCODERS for o in OPTIONS if not e.endswith("parallel") or o in PARALLEL_OPTIONS]
 
 
