@@ -180,10 +180,17 @@ def _peak_step_memory(size, setting, max_tokens, mean_len, vocab, threads):
 def peak_memory(size, setting, args):
     # glibc then maps every block of >= 64 KiB on its own and unmaps it on free, so resident memory
     # follows the live tensors instead of keeping the warm-up step's freed blocks
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_peak_step_memory, (size, setting, args.max_tokens, args.mean_len, args.vocab,
-                                              torch.get_num_threads()))
+    previous = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by the spawned process's glibc at start
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_peak_step_memory, (size, setting, args.max_tokens, args.mean_len, args.vocab,
+                                                  torch.get_num_threads()))
+    finally:
+        if previous is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = previous
 
 
 def make_dictionary(vocab):

@@ -98,10 +98,8 @@ def test_short_spans_and_non_convergence_fall_back_to_rk4():
         warnings.simplefilter("always")
         table = wild.solve(40)
         reference = signal(method="rk4", init_std=200.0).solve(40)
-    if any("did not converge" in str(w.message) for w in caught):
-        torch.testing.assert_close(table, reference)
-    else:  # it converged after all: then it is the ODE's solution to the grid's accuracy
-        assert float((table - reference).abs().max() / reference.abs().max()) < 1e-2
+    assert any("did not converge" in str(w.message) for w in caught)  # this map does not contract
+    torch.testing.assert_close(table, reference)
 
 
 @pytest.mark.parametrize("kwargs, message", [
