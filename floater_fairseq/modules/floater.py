@@ -189,9 +189,6 @@ class FloaterPositionSignal(nn.Module):
         step_size = dt / 5 if step_size is None else step_size
         if method in FIXED_GRID_METHODS + PARALLEL_METHODS and not step_size > 0:
             raise ValueError(f"FLOATER: --floater-step-size must be > 0, got {step_size}")
-        if method in PARALLEL_METHODS and step_size > dt:
-            raise ValueError(f"FLOATER: --floater-method parallel needs positions on its grid: --floater-step-size "
-                             f"({step_size}) must divide --floater-dt ({dt})")
         if method in PARALLEL_METHODS:
             if dynamics != "dissipative":
                 raise ValueError(f"FLOATER: --floater-method parallel integrates the decay of dissipative dynamics "
@@ -200,7 +197,7 @@ class FloaterPositionSignal(nn.Module):
             if adjoint:
                 raise ValueError("FLOATER: --floater-adjoint applies to torchdiffeq's methods; --floater-method "
                                  "parallel differentiates its fixed point implicitly (drop --floater-adjoint)")
-            if abs(dt / step_size - round(dt / step_size)) > 1e-6:
+            if step_size > dt or abs(dt / step_size - round(dt / step_size)) > 1e-6:
                 raise ValueError(f"FLOATER: --floater-method parallel needs positions on its grid: "
                                  f"--floater-step-size ({step_size}) must divide --floater-dt ({dt})")
         self.dim = dim
