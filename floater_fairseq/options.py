@@ -69,14 +69,21 @@ _OPTIONS = [
     # FLOATER (modules/floater.py); the memory LM reads the solver ones too
     Option("floater", "--floater-dt", 0.1, "time between consecutive positions, t_i = i*DT (the paper's "
            "0.1; the authors' code used 0.01)", float, bounds=(0, INF, False), metavar="DT"),
-    Option("floater", "--floater-method", "rk4", "torchdiffeq solver, or parallel: our parallel-in-time solve "
-           "of dissipative dynamics (few kernel launches at any length; for accelerators)", choices=ODE_METHODS),
+    Option("floater", "--floater-method", None, "torchdiffeq solver, or parallel: our parallel-in-time solve "
+           "of dissipative dynamics (few kernel launches at any length); None: parallel for dissipative "
+           "dynamics, rk4 for the others (see default_method)", choices=ODE_METHODS),
     Option("floater", "--floater-dynamics", "dissipative", "h: paper (the paper's MLP of t and p, unbounded), "
            "dissipative (-gamma p + tanh(u): |p| bounded) or rotation (skew-symmetric: |p| constant; "
            "starts as the sinusoid at --pos-blocks input); the bounded ones see t through sin/cos features",
            choices=("paper", "dissipative", "rotation"), legacy_default="paper",
            saved_with=("floater_dt", "floater_method", "floater_step_size", "floater_rtol", "floater_atol",
                        "floater_adjoint", "floater_hidden_dim", "floater_init_std")),
+    Option("floater", "--floater-activation", "softplus", "hidden activation of the bounded dynamics' MLP u "
+           "(dissipative, rotation); smooth, so fixed-grid solves and their gradients converge at the "
+           "solver's order (the paper's h keeps relu)", choices=("softplus", "relu"), legacy_default="relu",
+           saved_with=("floater_dt", "floater_method", "floater_dynamics", "floater_step_size",
+                       "floater_parallel_tol", "floater_rtol", "floater_atol", "floater_adjoint",
+                       "floater_hidden_dim", "floater_init_std")),
     Option("floater", "--floater-step-size", None, "step of fixed-grid solvers (None: DT/5, the paper's "
            "setting); above DT, positions between grid points are interpolated linearly (torchdiffeq)", float, bounds=(0, INF, False), metavar="H"),
     Option("floater", "--floater-parallel-tol", 1e-6, "--floater-method parallel: stop iterating when no "
@@ -133,6 +140,12 @@ OPTIONS: Dict[str, Option] = {option.dest: option for option in _OPTIONS}
 
 def default(name: str):
     return OPTIONS[name].default
+
+
+def default_method(dynamics: str) -> str:
+    """--floater-method when not given: the parallel solve where it applies (dissipative dynamics:
+    it meets rk4 DT/5's accuracy with ~1/70 of its kernel launches, docs/results.md), else rk4."""
+    return "parallel" if dynamics == "dissipative" else "rk4"
 
 
 def add_options(parser, group: str, **choices):

@@ -30,7 +30,7 @@ from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel, regi
 from fairseq.modules import LayerNorm
 
 from ..modules.floater import FloaterPositionSignal
-from ..options import add_options, fill_defaults
+from ..options import add_options, default_method, fill_defaults
 
 
 
@@ -120,7 +120,8 @@ class MemoryTransformerDecoder(FairseqIncrementalDecoder):
             args.decoder_layers, dim, dt=args.floater_dt, method=args.floater_method,
             step_size=args.floater_step_size, rtol=args.floater_rtol, atol=args.floater_atol,
             adjoint=args.floater_adjoint, hidden_dim=args.floater_hidden_dim, init_std=args.floater_init_std,
-            dynamics=args.floater_dynamics)
+            dynamics=args.floater_dynamics, parallel_tol=args.floater_parallel_tol,
+            activation=args.floater_activation)
         self.final_norm = LayerNorm(dim)
         self.max_target_positions = args.tokens_per_sample
         self._memory: Dict[bool, Optional[List[Optional[Tensor]]]] = {True: None, False: None}
@@ -222,6 +223,8 @@ def memory_lm_base(args):
     _fill(args, decoder_embed_dim=512, decoder_ffn_embed_dim=2048, decoder_layers=6, decoder_attention_heads=8,
           dropout=0.1, attention_dropout=0.0)
     fill_defaults(args, "memory-lm", "floater")
+    if args.floater_method is None:  # recorded in the checkpoint as the method it ran
+        args.floater_method = default_method(args.floater_dynamics)
     if args.lrm_layers is None:
         args.lrm_layers = args.decoder_layers
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from ..options import FIXED_GRID_METHODS, ODE_METHODS, PARALLEL_METHODS, add_options, default, fill_defaults
+from ..options import (FIXED_GRID_METHODS, ODE_METHODS, PARALLEL_METHODS, add_options, default, default_method,
+                       fill_defaults)
 from . import parallel_solve
 from .position_aware_layers import AttentionPositions, LayerPositions, rows_at
 from .position_encoder import SIDES, AbsolutePositionEncoder, register_position_encoder
@@ -63,10 +64,20 @@ NUM_TIME_FREQUENCIES = 8
 class _BoundedTimeDynamics(nn.Module):
     """Shared by the bounded families: an MLP u(phi(t), p) whose time input is bounded,
     phi(t) = [sin(w_k t), cos(w_k t)], with fixed periods log-spaced from 4 to 1024 positions, so
-    a time never seen in training is not out of range. Output layer small (``init_std``; 0: u == 0)."""
+    a time never seen in training is not out of range. Output layer small (``init_std``; 0: u == 0).
+    Hidden activation ``activation`` (--floater-activation): softplus is smooth, so a fixed-grid solve
+    and its gradients converge at the solver's order; relu's kinks make the gradients converge
+    slowly (relative error ~1e-2 at rk4 DT/5 on trained dynamics, docs/results.md)."""
 
-    def __init__(self, dim: int, hidden_dim: int, out_dim: int, init_std: float, dt: float):
+    ACTIVATIONS = {"softplus": F.softplus, "relu": torch.relu}
+
+    def __init__(self, dim: int, hidden_dim: int, out_dim: int, init_std: float, dt: float,
+                 activation: str = default("floater_activation")):
         super().__init__()
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"FLOATER: unknown --floater-activation {activation!r}; choose one of "
+                             f"{', '.join(self.ACTIVATIONS)}")
+        self.activation = activation
         periods = torch.logspace(math.log10(4), math.log10(1024), NUM_TIME_FREQUENCIES)
         self.register_buffer("frequencies", 2 * math.pi / (periods * dt), persistent=False)
         self.input_layer = nn.Linear(dim + 2 * NUM_TIME_FREQUENCIES, hidden_dim)
@@ -86,7 +97,7 @@ class _BoundedTimeDynamics(nn.Module):
         """u for a precomputed ``time_bias`` (broadcast over the rows of p)."""
         self.num_evaluations += 1
         weight = self.input_layer.weight.to(p.dtype)
-        hidden = torch.relu(torch.matmul(p, weight[:, :p.size(-1)].t()) + time_bias)
+        hidden = self.ACTIVATIONS[self.activation](torch.matmul(p, weight[:, :p.size(-1)].t()) + time_bias)
         return F.linear(hidden, self.output_layer.weight.to(p.dtype), self.output_layer.bias.to(p.dtype))
 
     def mlp(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -102,8 +113,8 @@ class DissipativeDynamics(_BoundedTimeDynamics):
 
     GAMMA_MIN = 0.1
 
-    def __init__(self, dim: int, hidden_dim: int, init_std: float, dt: float):
-        super().__init__(dim, hidden_dim, dim, init_std, dt)
+    def __init__(self, dim: int, hidden_dim: int, init_std: float, dt: float, **kwargs):
+        super().__init__(dim, hidden_dim, dim, init_std, dt, **kwargs)
         self.rho = nn.Parameter(torch.full((dim,), math.log(math.e - 1)))  # gamma = 0.1 + 1
 
     def decay(self, dtype) -> torch.Tensor:
@@ -127,11 +138,11 @@ class RotationDynamics(_BoundedTimeDynamics):
     p(t_i) = [sin(i w_j), cos(i w_j)] -- fairseq's sinusoidal encoding (its layout: sines first),
     which this family starts from and learns away from."""
 
-    def __init__(self, dim: int, hidden_dim: int, init_std: float, dt: float):
+    def __init__(self, dim: int, hidden_dim: int, init_std: float, dt: float, **kwargs):
         if dim % 2:
             raise ValueError(f"--floater-dynamics rotation turns pairs of dimensions: the dimension ({dim}) must be even")
         half = dim // 2
-        super().__init__(dim, hidden_dim, half, init_std, dt)
+        super().__init__(dim, hidden_dim, half, init_std, dt, **kwargs)
         frequencies = torch.exp(torch.arange(half, dtype=torch.float64) * -(math.log(10000) / max(half - 1, 1)))
         self.base_velocity = nn.Parameter((frequencies / dt).float())
 
@@ -168,7 +179,7 @@ class FloaterPositionSignal(nn.Module):
         num_trajectories: int,
         dim: int,
         dt: float = default("floater_dt"),
-        method: str = default("floater_method"),
+        method: Optional[str] = default("floater_method"),
         step_size: Optional[float] = default("floater_step_size"),
         rtol: float = default("floater_rtol"),
         atol: float = default("floater_atol"),
@@ -178,8 +189,10 @@ class FloaterPositionSignal(nn.Module):
         initial_value_std: float = 0.0,
         dynamics: str = default("floater_dynamics"),
         parallel_tol: float = default("floater_parallel_tol"),
+        activation: str = default("floater_activation"),
     ):
         super().__init__()
+        method = default_method(dynamics) if method is None else method
         if dt <= 0:
             raise ValueError(f"FLOATER: --floater-dt must be > 0, got {dt}")
         if method not in ODE_METHODS:
@@ -213,7 +226,7 @@ class FloaterPositionSignal(nn.Module):
         if dynamics == "paper":
             self.dynamics = FloaterDynamics(dim, hidden_dim or dim, init_std)
         else:
-            self.dynamics = DYNAMICS[dynamics](dim, hidden_dim or dim, init_std, dt)
+            self.dynamics = DYNAMICS[dynamics](dim, hidden_dim or dim, init_std, dt, activation=activation)
         self.initial_values = nn.Parameter(torch.zeros(num_trajectories, dim))
         if initial_value_std > 0:
             nn.init.normal_(self.initial_values, std=initial_value_std)
@@ -384,7 +397,7 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
             rtol=args.floater_rtol, atol=args.floater_atol, adjoint=args.floater_adjoint,
             hidden_dim=args.floater_hidden_dim, init_std=args.floater_init_std,
             initial_value_std=0.0 if self.blocks == "all" else 1.0, dynamics=args.floater_dynamics,
-            parallel_tol=args.floater_parallel_tol,
+            parallel_tol=args.floater_parallel_tol, activation=args.floater_activation,
         )
         if self.blocks == "input" and args.floater_dynamics == "rotation":
             with torch.no_grad():  # start as exactly fairseq's sinusoid (see RotationDynamics)
@@ -397,6 +410,8 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
     @staticmethod
     def set_defaults(args):
         fill_defaults(args, "floater")
+        if args.floater_method is None:  # recorded in the checkpoint as the method it ran
+            args.floater_method = default_method(args.floater_dynamics)
 
     @classmethod
     def configure(cls, args, cfg):

@@ -176,3 +176,26 @@ def test_dynamics_default_on_the_command_line_and_for_args_saved_before_the_flag
                                floater_atol=1e-6, floater_adjoint=False, floater_hidden_dim=None, floater_init_std=0.02)
     fill_defaults(saved, "floater")
     assert saved.floater_dynamics == "paper"  # the only dynamics there was when these args were saved
+
+
+def test_solver_and_activation_defaults_follow_the_dynamics_and_saved_args_keep_theirs():
+    import argparse
+
+    from floater_fairseq.modules.floater import FloaterPositionEncoder
+    cases = [([], "parallel", "softplus"), (["--floater-dynamics", "dissipative"], "parallel", "softplus"),
+             (["--floater-dynamics", "paper"], "rk4", "softplus"), (["--floater-dynamics", "rotation"], "rk4", "softplus"),
+             (["--floater-method", "rk4"], "rk4", "softplus"), (["--floater-activation", "relu"], "parallel", "relu")]
+    for extra, method, activation in cases:
+        model, _, args = build_model(extra=extra)
+        signal = model.position_encoder.signal
+        assert (args.floater_method, signal.method) == (method, method), extra  # recorded as run
+        assert args.floater_activation == activation, extra
+        if args.floater_dynamics != "paper":
+            assert signal.dynamics.activation == activation, extra
+    # args saved before --floater-activation (with the dynamics flag, and the method rk4 then
+    # filled in): the relu dynamics they were trained with, solved as they were
+    saved = argparse.Namespace(floater_dt=0.1, floater_method="rk4", floater_step_size=None, floater_rtol=1e-4,
+                               floater_atol=1e-6, floater_adjoint=False, floater_hidden_dim=None,
+                               floater_init_std=0.02, floater_dynamics="dissipative", floater_parallel_tol=1e-6)
+    FloaterPositionEncoder.set_defaults(saved)
+    assert (saved.floater_activation, saved.floater_method) == ("relu", "rk4")
