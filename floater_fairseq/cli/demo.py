@@ -12,8 +12,10 @@ Writes OUT/results.{md,json} and OUT/extrapolation.png, copies them to results/d
 table into README.md (between the demo-results markers).
 
     python -m floater_fairseq.cli.demo [--quick] [--out demo-out] [--seeds 3]
+    python -m floater_fairseq.cli.demo --rerun "FLOATER dissipative"   # one row again, keep the others
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -73,8 +75,12 @@ def make_data(out: str, cfg: dict) -> list:
     return buckets
 
 
+def run_name(label: str, seed: int) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") + f"-seed{seed}"
+
+
 def train_and_decode(out, label, flags, seed, cfg):
-    save_dir = os.path.join(out, "checkpoints", re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") + f"-seed{seed}")
+    save_dir = os.path.join(out, "checkpoints", run_name(label, seed))
     dim, layers = str(cfg["dim"]), str(cfg["layers"])
     start = time.time()
     run("fairseq-train", os.path.join(out, "bin"), "--user-dir", USER_DIR, "--arch", "floater_transformer", *flags,
@@ -116,6 +122,23 @@ def cell(values, digits=1):
     return "n/a" if mean != mean else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def previous_results(out: str, cfg: dict, seeds: list, rerun: list) -> dict:
+    """The runs of OUT/results.json for every system not in ``rerun``; refused unless that file was
+    made with the same settings and seeds (rows of different tasks would share one table)."""
+    path = os.path.join(out, "results.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"demo: --rerun keeps the other systems' runs from {path}, which does not exist; "
+                         f"run the whole demo first (without --rerun)") from None
+    if previous.get("settings") != cfg or previous.get("seeds") != seeds:
+        raise SystemExit(f"demo: {path} was made with other settings or seeds ({previous.get('settings')}, "
+                         f"seeds {previous.get('seeds')}); --rerun needs the same ones (--quick, --seeds), "
+                         f"or run the whole demo")
+    return {label: runs for label, runs in previous["results"].items() if label not in rerun}
+
+
 def render(results, buckets, cfg, seeds):
     names = [f"{lo}-{hi}" for lo, hi in buckets]
     lines = [f"Synthetic reversal task, training sentences of 1-{cfg['max_len']} words, "
@@ -135,6 +158,11 @@ def render(results, buckets, cfg, seeds):
         if "growth" in runs[0]:
             lines.append(f"| {label} | {cell([r['growth']['2x'] for r in runs], 2)} | "
                          f"{cell([r['growth']['4x'] for r in runs], 2)} |")
+    dated = {label: runs[0]["date"] for label, runs in results.items() if "date" in runs[0]}
+    if len(set(dated.values())) > 1 or 0 < len(dated) < len(results):  # rows from different runs of the demo
+        lines += ["", "Trained: " + "; ".join(f"{label} {date}" for label, date in dated.items())
+                  + "; the other rows in an earlier run of the demo (same settings and seeds)."
+                  * (len(dated) < len(results))]
     return "\n".join(lines) + "\n"
 
 
@@ -175,32 +203,45 @@ def main(argv=None):
     parser.add_argument("--out", default="demo-out", help="work folder (data, checkpoints, results)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--systems", help="comma-separated labels to run (default: all)")
+    parser.add_argument("--rerun", help="comma-separated labels to train again, keeping every other system's "
+                                        "runs from OUT/results.json (same settings and seeds), e.g. after a "
+                                        "default of that system changed")
     parser.add_argument("--results", default=os.path.join(REPO, "results", "demo"),
                         help="where the results are copied ('' : nowhere)")
     parser.add_argument("--readme", default=os.path.join(REPO, "README.md"), help="README to update ('' : none)")
     args = parser.parse_args(argv)
     cfg = settings(args.quick)
     seeds = list(range(1, args.seeds + 1))
-    systems = [s for s in SYSTEMS if not args.systems or s[0] in args.systems.split(",")]
-    for derived in ("raw", "bin", "checkpoints"):  # a re-run starts from scratch (fairseq would resume)
+    labels = [label for label, _ in SYSTEMS]
+    chosen = (args.rerun or args.systems or ",".join(labels)).split(",")
+    unknown = [label for label in chosen if label not in labels]
+    if unknown or (args.rerun and args.systems):
+        raise SystemExit(f"demo: give --systems or --rerun (not both), with labels from: {', '.join(labels)}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    systems = [s for s in SYSTEMS if s[0] in chosen]
+    kept = previous_results(args.out, cfg, seeds, chosen) if args.rerun else {}
+    # a re-run starts from scratch (fairseq would resume); the data is regenerated from its seeds
+    for derived in ["raw", "bin"] + [os.path.join("checkpoints", run_name(label, seed))
+                                     for label, _ in systems for seed in seeds]:
         shutil.rmtree(os.path.join(args.out, derived), ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
     print(f"[1/3] synthetic task: {cfg['train']} training pairs of 1-{cfg['max_len']} words, "
           f"test buckets up to {4 * cfg['max_len']} words", flush=True)
     buckets = make_data(args.out, cfg)
-    results, started = {}, time.time()
+    results, started = dict(kept), time.time()
     for i, (label, flags) in enumerate(systems):
         for seed in seeds:
             print(f"[2/3] {label} ({i + 1}/{len(systems)}), seed {seed}, {cfg['epochs']} epochs", flush=True)
             sources, refs, hyps, checkpoint, seconds = train_and_decode(args.out, label, flags, seed, cfg)
             lengths = {j: len(src.split()) for j, src in sources.items()}
-            run_result = {"seed": seed, "seconds": seconds,
+            run_result = {"seed": seed, "seconds": seconds, "date": time.strftime("%Y-%m-%d"),
                           "exact": exact_match(hyps, lengths, refs, buckets),
                           "bleu": [bleu for bleu, _ in bucket_bleu(hyps, lengths, refs, buckets)]}
             if "floater" in flags:
                 norms = trajectory_norms(model_from_checkpoint(checkpoint), 4 * (cfg["max_len"] + 1))
                 run_result["growth"] = {f"{k}x": growth(norms, cfg["max_len"] + 1, k) for k in (2, 4)}
             results.setdefault(label, []).append(run_result)
+    results = {label: results[label] for label in labels if label in results}  # the table's row order
     table = render(results, buckets, cfg, seeds)
     print(f"[3/3] results ({(time.time() - started) / 60:.1f} min)\n\n{table}", flush=True)
     write_text(os.path.join(args.out, "results.md"), table)
