@@ -38,12 +38,12 @@ SIZES = {
     "iwslt": ("transformer_iwslt_de_en", []),
 }
 SETTINGS = {
-    "rk4-dt/5": ["--floater-method", "rk4"],  # step DT/5: the paper's setting and the default
+    "rk4-dt/5": ["--floater-method", "rk4"],  # step DT/5: the paper's setting, the reference solve
     "rk4-dt": ["--floater-method", "rk4", "--floater-step-size", "0.1"],
     "midpoint-dt": ["--floater-method", "midpoint", "--floater-step-size", "0.1"],
-    "parallel": ["--floater-method", "parallel"],  # grid DT/5
+    "parallel": ["--floater-method", "parallel"],  # grid DT/5: the default (dissipative dynamics)
     "parallel-dt/10": ["--floater-method", "parallel", "--floater-step-size", "0.01"],
-    "input": ["--pos-blocks", "input"],
+    "input": ["--pos-blocks", "input"],  # FLOATER at the input only, default solver
 }
 
 

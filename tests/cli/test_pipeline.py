@@ -1,121 +1,19 @@
-"""The experiment pipeline on tiny data: prepare (and its refusals), train (with warm start and
-resume), evaluate, the table, and the length-bucket script, through the shell scripts."""
-import gzip
+"""The experiment pipeline on tiny data: train (with warm start and resume), evaluate, the table,
+the length-bucket script and averaging, through the shell scripts. (Preparation: test_prepare.py;
+the seeded-run queue: test_run_queue.py.)"""
 import json
 import os
 import subprocess
 
 import pytest
 
-from floater_fairseq.cli.synthetic import make_pairs
-
-from conftest import REPO, TINY
-
-SCRIPTS = os.path.join(REPO, "scripts")
-
-
-def script(name, *args, env=None, check=True):
-    result = subprocess.run(["bash", os.path.join(SCRIPTS, name), *map(str, args)], capture_output=True, text=True,
-                            env={**os.environ, **(env or {})})
-    if check and result.returncode:
-        raise AssertionError(f"{name} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def write_multi30k(raw, sizes=(("train", 300), ("val", 30), ("test_2016_flickr", 24)), seed=0):
-    """A fake corpus in the layout of Multi30k's official repository (gzipped, one pair per line)."""
-    os.makedirs(raw, exist_ok=True)
-    for k, (split, n) in enumerate(sizes):
-        pairs = make_pairs(n, 2, 9, 12, seed=seed + k)
-        for lang, side in (("de", 0), ("en", 1)):
-            with gzip.open(os.path.join(raw, f"{split}.{lang}.gz"), "wt", encoding="utf-8") as f:
-                f.writelines(pair[side] + "\n" for pair in pairs)
+from conftest import REPO
+from pipeline_helpers import prepared, script, write_configs  # noqa: F401 (prepared: a fixture)
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    write_multi30k(root / "raw")
-    result = script("prepare-multi30k.sh", "--raw-dir", root / "raw", "--dest", root / "data", "--vocab-size", "20")
-    assert "wrote" in result.stdout
-    return root
-
-
-def test_prepare_writes_binarized_data_and_skips_when_done(prepared):
-    data = prepared / "data"
-    assert {"dict.de.txt", "spm.model", "test.raw.en", "train.de-en.de.bin", "valid.de-en.en.idx"} <= set(os.listdir(data))
-    assert len((data / "test.raw.en").read_text().splitlines()) == 24
-    again = script("prepare-multi30k.sh", "--raw-dir", prepared / "raw", "--dest", data, "--vocab-size", "20")
-    assert "nothing to do" in again.stdout
-
-
-def test_max_train_len_and_source_len_keep_exactly_the_short_pairs(prepared, tmp_path):
-    script("prepare-multi30k.sh", "--raw-dir", prepared / "raw", "--dest", tmp_path / "short", "--vocab-size", "20",
-           "--max-train-len", "8", "--max-train-source-len", "6")
-    bpe, whole = tmp_path / "short.work" / "bpe", prepared / "data.work" / "bpe"
-    kept = list(zip(*((bpe / f"train.{lang}").read_text().splitlines() for lang in ("de", "en"))))
-    pairs = zip(*((whole / f"train.{lang}").read_text().splitlines() for lang in ("de", "en")))
-    assert kept == [(s, t) for s, t in pairs if len(s.split()) <= 6 and len(t.split()) <= 8]  # exactly those
-    assert 0 < len(kept) < 300
-    assert (bpe / "test.de").read_text().splitlines() == (whole / "test.de").read_text().splitlines()  # test whole
-
-
-def corrupt(raw, kind):
-    if kind == "missing":
-        os.remove(raw / "val.en.gz")
-    elif kind == "unequal":
-        with gzip.open(raw / "train.en.gz", "at", encoding="utf-8") as f:
-            f.write("t1 t2\n")
-    elif kind == "empty":
-        with gzip.open(raw / "val.de.gz", "wt") as f:
-            f.write("")
-    elif kind == "undecodable":
-        lines = gzip.open(raw / "test_2016_flickr.de.gz", "rb").read().split(b"\n")
-        lines[4] = b"s1 \xff\xfe s2"
-        with gzip.open(raw / "test_2016_flickr.de.gz", "wb") as f:
-            f.write(b"\n".join(lines))
-
-
-@pytest.mark.parametrize("kind,message", [
-    ("missing", "missing file: val.en.gz"),
-    ("unequal", "unequal line counts: .*train.de.gz has 300 lines, .*train.en.gz has 301"),
-    ("empty", "empty file: .*val.de.gz"),
-    ("undecodable", "test_2016_flickr.de.gz, line 5: not valid UTF-8"),
-])
-def test_prepare_refuses_bad_input_and_leaves_nothing_behind(tmp_path, kind, message):
-    import re
-    write_multi30k(tmp_path / "raw")
-    corrupt(tmp_path / "raw", kind)
-    result = script("prepare-multi30k.sh", "--raw-dir", tmp_path / "raw", "--dest", tmp_path / "data", check=False)
-    assert result.returncode == 2
-    assert re.search(message, result.stderr), result.stderr
-    assert not (tmp_path / "data").exists()
-    leftovers = [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
-    assert not leftovers and not (tmp_path / "data.work" / "text").exists()
-
-
-TINY_TRAIN = {**{k.lstrip("-"): v for k, v in zip(TINY[::2], TINY[1::2])}, "max-update": 8, "max-tokens": 1000,
-              "warmup-updates": 4, "lr": 0.003, "cpu": True, "no-progress-bar": True, "seed": 1,
-              "optimizer": "adam", "lr-scheduler": "inverse_sqrt", "criterion": "label_smoothed_cross_entropy",
-              "label-smoothing": 0.1, "share-all-embeddings": True, "source-lang": "de", "target-lang": "en",
-              "arch": "floater_transformer_tiny", "task": "translation"}
-
-
-@pytest.fixture(scope="module")
-def table_run(prepared):
-    import yaml
-    configs = prepared / "configs" / "tiny-de-en"
-    configs.mkdir(parents=True)
-    for row, flags, warm in (("sinusoidal-input", {"pos-encoder": "sinusoidal", "pos-blocks": "input"}, None),
-                             ("floater-all", {"pos-encoder": "floater", "pos-blocks": "all", "max-update": 30},
-                              {"from": "sinusoidal-input", "lr_scale": 0.5, "max_epoch": 2})):
-        config = {"dataset": "tiny-de-en", "data": str(prepared / "data"), "train": {**TINY_TRAIN, **flags},
-                  "evaluate": {"average_last": 1, "beam": 2, "lenpen": 1.0}}
-        if warm:
-            config["warm_start"] = warm
-        (configs / f"{row}.yaml").write_text(yaml.safe_dump(config))
-    env = {"FLOATER_CONFIGS": str(prepared / "configs"), "FLOATER_RESULTS": str(prepared / "results"),
-           "CHECKPOINT_ROOT": str(prepared / "checkpoints")}
+def table_run(prepared):  # noqa: F811
+    env = write_configs(prepared)
     result = script("reproduce-table.sh", "tiny-de-en", "--rows", "floater-all,sinusoidal-input", env=env)
     return prepared, env, result
 
@@ -133,36 +31,6 @@ def test_table_trains_warm_starts_evaluates_and_writes_the_table(table_run):
     assert "| floater |" in table and "sacreBLEU signature" in table
     again = script("reproduce-table.sh", "tiny-de-en", "--rows", "floater-all,sinusoidal-input", env=env)
     assert "fairseq-train" not in again.stdout  # rows already done are skipped
-
-
-def test_run_queue_trains_evaluates_and_skips_what_is_done(table_run, tmp_path):
-    root, env, _ = table_run
-    queue = tmp_path / "queue.txt"
-    queue.write_text("# ROW SEED DATASET EPOCHS FLAGS\nsinusoidal-input 2 tiny-de-en 1\n"
-                     "floater-all 2 tiny-de-en 1 --warm-start-from {runs}/tiny-de-en/sinusoidal-input-seed2 "
-                     "--max-update 3\n")
-    first = script("run-queue.sh", queue, tmp_path / "runs", env=env)
-    assert "tiny-de-en sinusoidal-input seed 2, 1 epochs" in first.stdout and "queue done" in first.stdout
-    assert "warm start: training" not in first.stdout  # seed 2's run is the source, nothing retrained
-    assert str(tmp_path / "runs" / "tiny-de-en" / "sinusoidal-input-seed2" / "checkpoint_last.pt") in first.stdout
-    assert (tmp_path / "runs" / "tiny-de-en" / "floater-all-seed2" / "warm_start.pt").exists()
-    for row in ("sinusoidal-input", "floater-all"):
-        for subset in ("test", "valid"):
-            record = json.loads((root / "results" / "tiny-de-en" / "seeds" / f"{row}-seed2.{subset}.json").read_text())
-            assert 0 <= record["bleu"] <= 100 and record["seed"] == 2
-    assert (tmp_path / "runs" / "tiny-de-en" / "sinusoidal-input-seed2" / "checkpoint_last.pt").exists()
-    again = script("run-queue.sh", queue, tmp_path / "runs", env=env)
-    assert "===" not in again.stdout and "queue done" in again.stdout
-
-
-def test_warm_start_from_a_run_that_did_not_finish_is_refused(table_run, tmp_path):
-    # a working --warm-start-from is exercised by test_run_queue_trains_evaluates_and_skips_what_is_done
-    root, env, _ = table_run
-    config = root / "configs" / "tiny-de-en" / "floater-all.yaml"
-    missing = script("train.sh", config, "--warm-start-from", tmp_path / "nothing", "--save-dir", tmp_path / "a",
-                     env=env, check=False)
-    assert missing.returncode != 0 and "no finished training run there" in missing.stderr + missing.stdout
-    assert not (tmp_path / "a" / "checkpoint_last.pt").exists()
 
 
 def test_train_log_has_each_line_once(table_run):
@@ -213,59 +81,6 @@ def test_length_buckets_on_a_checkpoint(table_run, tmp_path):
     counts = json.loads((tmp_path / "bleu_by_length.json").read_text())["sentences"]
     assert sum(counts) == 24
     assert (tmp_path / "bleu_by_length.png").stat().st_size > 1000
-
-
-def test_usage_errors_name_the_fix(tmp_path):
-    assert script("train.sh", check=False).returncode == 2
-    result = script("train.sh", tmp_path / "missing.yaml", check=False)
-    assert result.returncode == 2 and "no such config file" in result.stderr
-    (tmp_path / "c.yaml").write_text(f"dataset: x\ndata: {tmp_path}/nothing\ntrain: {{arch: a}}\nevaluate: {{}}\n")
-    result = script("train.sh", tmp_path / "c.yaml", check=False)
-    assert result.returncode == 2 and "prepare it first" in result.stderr
-
-
-def test_iwslt14_layout_is_read_like_fairseqs_recipe(tmp_path):
-    """train.tags (XML meta lines dropped), every 23rd pair to validation, test = dev2010 + tst2010-2012."""
-    from floater_fairseq.cli.prepare import extract_text
-    raw = tmp_path / "de-en"
-    raw.mkdir()
-    for lang in ("de", "en"):
-        lines = ["<url>http://x</url>", "<talkid>1</talkid>"] + [f"{lang} sentence {i}" for i in range(46)]
-        (raw / f"train.tags.de-en.{lang}").write_text("\n".join(lines) + "\n")
-        for name in ("TED.dev2010", "TED.tst2010", "TED.tst2011", "TED.tst2012"):
-            segs = "\n".join(f'<seg id="{i}"> {lang} {name} &amp; {i} </seg>' for i in range(2))
-            (raw / f"IWSLT14.{name}.de-en.{lang}.xml").write_text(f"<mteval>\n<doc>\n{segs}\n</doc>\n</mteval>\n")
-    splits = extract_text("iwslt14", str(tmp_path), "de", "en")
-    assert len(splits["train"][0]) == 44 and splits["valid"][0] == ["de sentence 0", "de sentence 23"]
-    assert splits["test"][1][:2] == ["en TED.dev2010 & 0", "en TED.dev2010 & 1"] and len(splits["test"][0]) == 8
-
-
-def test_wmt14_layout_reads_training_corpora_and_sgm_test(tmp_path):
-    from floater_fairseq.cli.prepare import extract_text
-    for name in ("europarl-v7.de-en", "commoncrawl.de-en", "news-commentary-v12.de-en"):
-        for lang in ("de", "en"):
-            (tmp_path / f"{name}.{lang}").write_text(f"{name} {lang} a\n\n{name} {lang} b\n")
-    for lang in ("de", "en"):
-        (tmp_path / f"newstest2013.{lang}").write_text(f"dev {lang}\n")
-    (tmp_path / "test-full").mkdir()
-    (tmp_path / "test-full" / "newstest2014-deen-src.en.sgm").write_text('<srcset>\n<seg id="1">Hello &quot;world&quot;</seg>\n</srcset>\n')
-    (tmp_path / "test-full" / "newstest2014-deen-ref.de.sgm").write_text('<refset>\n<seg id="1">Hallo Welt</seg>\n</refset>\n')
-    splits = extract_text("wmt14-en-de", str(tmp_path), "en", "de")
-    assert len(splits["train"][0]) == 6  # the empty pair of each corpus is dropped from training only
-    assert splits["test"] == (['Hello "world"'], ["Hallo Welt"]) and splits["valid"] == (["dev en"], ["dev de"])
-
-
-def test_offline_download_failure_names_the_fix(tmp_path, monkeypatch):
-    import urllib.request
-    from floater_fairseq.cli import prepare
-
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(prepare.PrepareError, match="without a network, download the files elsewhere and pass --raw-dir"):
-        prepare.prepare("multi30k", str(tmp_path / "data"))
-    assert not (tmp_path / "data").exists()
 
 
 def test_averaging_script_gives_the_exact_mean_offline(table_run, tmp_path):

@@ -1,7 +1,8 @@
 """fairseq's own training paths as a test matrix: real ``fairseq-train`` runs (in-process
 ``fairseq_cli.train.main``, tiny model, tiny generated data, a few dozen updates) over the FLOATER
-encoders at ``all`` (with rk4 and with --floater-method parallel) and ``input`` and sinusoidal at ``all``, crossed with the options that change
-how fairseq calls the model or writes its parameters.
+encoders at ``all`` (with the default solver, --floater-method parallel, and with rk4) and ``input`` and
+sinusoidal at ``all``, crossed with the options that change how fairseq calls the model or writes
+its parameters.
 
 Each cell asserts a real property against a fresh model loaded from the checkpoint the run saved
 (``fairseq_cli.validate``, the code path of ``fairseq-validate``), or against the plain run:
@@ -29,9 +30,9 @@ from floater_fairseq.modules.position_encoder import POSITION_ENCODER_REGISTRY
 ENCODERS = {
     "floater-all": ["--pos-encoder", "floater", "--pos-blocks", "all", "--floater-init-std", "0.3"],
     "floater-input": ["--pos-encoder", "floater", "--pos-blocks", "input", "--floater-init-std", "0.3"],
-    # the parallel-in-time solve: implicit gradients through a backward hook
-    "floater-all-parallel": ["--pos-encoder", "floater", "--pos-blocks", "all", "--floater-init-std", "0.3",
-                             "--floater-method", "parallel"],
+    # torchdiffeq's rk4 (the reference solve) instead of the default parallel solve's implicit gradients
+    "floater-all-rk4": ["--pos-encoder", "floater", "--pos-blocks", "all", "--floater-init-std", "0.3",
+                        "--floater-method", "rk4"],
     "sinusoidal-all": ["--pos-encoder", "sinusoidal", "--pos-blocks", "all"],
 }
 # What changes how the model is called or how its parameters are written (beyond the plain run)
@@ -158,10 +159,10 @@ def test_plain_run_logs_the_valid_loss_of_its_checkpoint(synthetic_bin, plain_ru
     assert_logged_valid_is_fresh(synthetic_bin, stats, save_dir / "checkpoint_last.pt")
 
 
-# the parallel solve differs from rk4 only in how the positions are solved and differentiated: the
+# rk4 differs from the default solve only in how the positions are solved and differentiated: the
 # options that change how often and in what precision backward runs (the suite's time is bounded)
-PARALLEL_OPTIONS = ("checkpoint-activations", "memory-efficient-fp16")
-CELLS = [(e, o) for e in ENCODERS for o in OPTIONS if not e.endswith("parallel") or o in PARALLEL_OPTIONS]
+RK4_OPTIONS = ("checkpoint-activations", "memory-efficient-fp16")
+CELLS = [(e, o) for e in ENCODERS for o in OPTIONS if not e.endswith("rk4") or o in RK4_OPTIONS]
 
 
 @pytest.mark.parametrize("encoder,option", CELLS, ids=[f"{e}-{o}" for e, o in CELLS])

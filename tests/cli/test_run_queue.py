@@ -1,0 +1,42 @@
+"""scripts/run-queue.sh, the seeded runs of issue 16: trains and evaluates each queued job, warm-starts
+a row from the same seed's run of its source row, and skips what is done."""
+import json
+
+import pytest
+
+from pipeline_helpers import prepared, script, write_configs  # noqa: F401 (prepared: a fixture)
+
+
+@pytest.fixture(scope="module")
+def configured(prepared):  # noqa: F811
+    return prepared, write_configs(prepared)
+
+
+def test_run_queue_trains_evaluates_and_skips_what_is_done(configured, tmp_path):
+    root, env = configured
+    queue = tmp_path / "queue.txt"
+    queue.write_text("# ROW SEED DATASET EPOCHS FLAGS\nsinusoidal-input 2 tiny-de-en 1\n"
+                     "floater-all 2 tiny-de-en 1 --warm-start-from {runs}/tiny-de-en/sinusoidal-input-seed2 "
+                     "--max-update 3\n")
+    first = script("run-queue.sh", queue, tmp_path / "runs", env=env)
+    assert "tiny-de-en sinusoidal-input seed 2, 1 epochs" in first.stdout and "queue done" in first.stdout
+    assert "warm start: training" not in first.stdout  # seed 2's run is the source, nothing retrained
+    assert str(tmp_path / "runs" / "tiny-de-en" / "sinusoidal-input-seed2" / "checkpoint_last.pt") in first.stdout
+    assert (tmp_path / "runs" / "tiny-de-en" / "floater-all-seed2" / "warm_start.pt").exists()
+    for row in ("sinusoidal-input", "floater-all"):
+        for subset in ("test", "valid"):
+            record = json.loads((root / "results" / "tiny-de-en" / "seeds" / f"{row}-seed2.{subset}.json").read_text())
+            assert 0 <= record["bleu"] <= 100 and record["seed"] == 2
+    assert (tmp_path / "runs" / "tiny-de-en" / "sinusoidal-input-seed2" / "checkpoint_last.pt").exists()
+    again = script("run-queue.sh", queue, tmp_path / "runs", env=env)
+    assert "===" not in again.stdout and "queue done" in again.stdout
+
+
+def test_warm_start_from_a_run_that_did_not_finish_is_refused(table_run, tmp_path):
+    # a working --warm-start-from is exercised by test_run_queue_trains_evaluates_and_skips_what_is_done
+    root, env, _ = table_run
+    config = root / "configs" / "tiny-de-en" / "floater-all.yaml"
+    missing = script("train.sh", config, "--warm-start-from", tmp_path / "nothing", "--save-dir", tmp_path / "a",
+                     env=env, check=False)
+    assert missing.returncode != 0 and "no finished training run there" in missing.stderr + missing.stdout
+    assert not (tmp_path / "a" / "checkpoint_last.pt").exists()
