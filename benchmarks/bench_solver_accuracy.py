@@ -97,6 +97,9 @@ def main(argv=None):
     parser.add_argument("--subset", default="test")
     parser.add_argument("--generate-args", default="", help="more fairseq-generate flags, e.g. '--source-lang de'")
     args = parser.parse_args(argv)
+    missing = [c for c in args.checkpoints if not os.path.isfile(c)]
+    if missing:
+        parser.error(f"no such checkpoint: {', '.join(missing)} (train one, e.g. make demo, or give its path)")
     settings = [(s.split(":")[0], float(s.split(":")[1])) for s in args.settings.split(",")]
     lengths = [args.train_length, args.factor * args.train_length]
     print(f"# error against rk4 with step DT/5 (relative max), at L = {lengths[0]} and {args.factor}L; "

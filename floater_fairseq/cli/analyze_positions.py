@@ -14,7 +14,6 @@ of p_i, p_j) and profile.png (cr(delta)) in --out-dir, plus analysis.json.
 """
 import argparse
 import json
-import logging
 import os
 import sys
 import types
@@ -24,6 +23,7 @@ import torch
 
 from ..models.floater_transformer import FloaterTransformerModel
 from ..modules.position_encoder import POSITION_ENCODER_REGISTRY, PositionRangeError
+from . import common
 
 DP_THRESHOLD = 0.1
 MAX_HEATMAPS = 12
@@ -106,10 +106,7 @@ def model_from_flags(encoder: str, flags):
 
 
 def save_plots(matrices, results, out_dir):
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging setup is verbose
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     names = list(matrices)[:MAX_HEATMAPS]
     cols = min(4, len(names))

@@ -10,7 +10,6 @@ trajectories. Prints a table, optionally plots the norms, and ends with the line
         [--png norms.png] [--json growth.json]
 """
 import argparse
-import logging
 import statistics
 import sys
 from typing import Dict
@@ -18,6 +17,7 @@ from typing import Dict
 import torch
 
 from ..files import write_json
+from . import common
 from .analyze_positions import model_from_checkpoint
 
 
@@ -38,10 +38,7 @@ def growth(norms: Dict[str, torch.Tensor], train_length: int, factor: int) -> fl
 
 
 def plot(norms, train_length: int, path: str, title: str):
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging setup is verbose
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     figure, axis = plt.subplots(figsize=(7, 4))
     for name, values in norms.items():

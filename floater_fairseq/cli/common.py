@@ -1,4 +1,5 @@
 """What every command-line tool and benchmark shares: where console scripts live, and running one."""
+import logging
 import os
 import shlex
 import subprocess
@@ -45,3 +46,13 @@ def run(cmd: Sequence[str], capture: bool = False, log: Optional[str] = None, qu
         raise ToolError(f"{os.path.basename(cmd[0])} failed with exit code {process.returncode}:\n"
                         f"{''.join(lines[-40:])}")
     return "".join(lines)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, its font-search DEBUG lines silenced
+    (fairseq's logging setup passes them on)."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt

@@ -167,9 +167,7 @@ def render(results, buckets, cfg, seeds):
 
 
 def plot(path, results, buckets, cfg):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     x = range(len(buckets))

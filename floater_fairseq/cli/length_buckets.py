@@ -12,7 +12,6 @@ checkpoint) and bleu_by_length.json.
 import argparse
 import collections
 import json
-import logging
 import os
 import sys
 from typing import Dict, List, Sequence, Tuple
@@ -63,10 +62,7 @@ def bucket_bleu(hypotheses: Dict[int, str], lengths: Dict[int, int], references:
 
 def plot(path: str, buckets: Sequence[Bucket], scores: Dict[str, List[float]], train_max_len: int = None,
          title: str = "BLEU by source length"):
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging setup is verbose
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     labels = [f"{low}-{high}" for low, high in buckets]
     fig, ax = plt.subplots(figsize=(6, 4))
