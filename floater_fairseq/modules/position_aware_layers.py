@@ -166,6 +166,7 @@ class PositionAwareAttention(MultiheadAttention):
         positions = self.current_positions()
         if (positions is not None and positions.cos is None and positions.logit_bias is None
                 and incremental_state is None and not static_kv and key is not None
+                and (attn_mask is None or attn_mask.dim() == 2)
                 and not (need_weights or need_head_weights or before_softmax)
                 and self.bias_k is None and not self.add_zero_attn and not self.onnx_trace
                 and query.device.type != "xla"):
