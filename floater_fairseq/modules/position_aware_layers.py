@@ -161,44 +161,6 @@ class PositionAwareAttention(MultiheadAttention):
     def current_positions(self) -> Optional[AttentionPositions]:
         return _attention_positions(self.encoder_decoder_attention)
 
-    def forward(self, query, key, value, key_padding_mask=None, incremental_state=None, need_weights=True,
-                static_kv=False, attn_mask=None, before_softmax=False, need_head_weights=False):
-        positions = self.current_positions()
-        if (positions is not None and positions.cos is None and positions.logit_bias is None
-                and incremental_state is None and not static_kv and key is not None
-                and (attn_mask is None or attn_mask.dim() == 2)
-                and not (need_weights or need_head_weights or before_softmax)
-                and self.bias_k is None and not self.add_zero_attn and not self.onnx_trace
-                and query.device.type != "xla"):
-            return self._biased_attention(query, key, value, key_padding_mask, attn_mask), None
-        return super().forward(query, key, value, key_padding_mask, incremental_state, need_weights, static_kv,
-                               attn_mask, before_softmax, need_head_weights)
-
-    def _biased_attention(self, query, key, value, key_padding_mask, attn_mask) -> Tensor:
-        """softmax(q k^T / sqrt(d_h) + masks) v with the per-position q/k/v biases, in one
-        ``scaled_dot_product_attention`` call: what fairseq's fused path (F.multi_head_attention_forward)
-        does for a model without them, where its Python path would spend ~10% of a FLOATER-all
-        training step on separate matmul/softmax/dropout kernels. Training and full-sequence calls
-        only, under the conditions of fairseq's fused path (no static_kv: cross-attention keeps the
-        Python path, as for the vanilla model); incremental decoding and attention weights too."""
-        tgt_len, bsz, embed_dim = query.size()
-        q = self.q_proj(query)
-        k = self.k_proj(query if self.self_attention else key)
-        v = self.v_proj(query if self.self_attention else value)
-
-        def heads(x):  # [L, B, d] -> [B, H, L, d_h]
-            return x.contiguous().view(x.size(0), bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
-
-        mask = None if attn_mask is None else attn_mask.to(q.dtype).view(1, 1, tgt_len, -1)
-        if key_padding_mask is not None:
-            padding = torch.zeros(bsz, 1, 1, k.size(0), dtype=q.dtype, device=q.device).masked_fill_(
-                key_padding_mask.bool().view(bsz, 1, 1, -1), float("-inf"))
-            mask = padding if mask is None else mask + padding
-        dropout = self.dropout_module.p if self.training or self.dropout_module.apply_during_inference else 0.0
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask, dropout_p=dropout,
-                                             scale=self.scaling)
-        return self.out_proj(out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, embed_dim))
-
     def apply_sparse_mask(self, attn_weights: Tensor, tgt_len: int, src_len: int, bsz: int) -> Tensor:
         positions = self.current_positions()
         if positions is None or positions.logit_bias is None:

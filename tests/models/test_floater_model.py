@@ -199,38 +199,3 @@ def test_solver_and_activation_defaults_follow_the_dynamics_and_saved_args_keep_
                                floater_init_std=0.02, floater_dynamics="dissipative", floater_parallel_tol=1e-6)
     FloaterPositionEncoder.set_defaults(saved)
     assert (saved.floater_activation, saved.floater_method) == ("relu", "rk4")
-
-
-def test_biased_attention_in_one_kernel_equals_fairseqs_python_path(monkeypatch):
-    """FLOATER-all's q/k/v biases go through one scaled_dot_product_attention call in training and
-    full-sequence calls; fairseq's Python path (what it ran before) gives the same outputs and
-    gradients, with left-padded sources and the decoder's causal mask."""
-    from fairseq.modules import MultiheadAttention
-
-    from floater_fairseq.modules.position_aware_layers import PositionAwareAttention
-    model, d = floater_model("all", extra=["--dropout", "0", "--attention-dropout", "0"])
-    model.train()
-    src = random_tokens(d, [7, 4, 2], left_pad=True)
-    prev = random_tokens(d, [6, 6, 6])
-    calls = []
-    fast = PositionAwareAttention._biased_attention
-    monkeypatch.setattr(PositionAwareAttention, "_biased_attention",
-                        lambda self, *a: calls.append(1) or fast(self, *a))
-
-    def output_and_gradients():
-        model.zero_grad()
-        out = model(src, src.ne(d.pad()).sum(1), prev)[0]
-        out.float().pow(2).mean().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    out, grads = output_and_gradients()
-    # encoder and decoder self-attention of both layers; cross-attention (static_kv) takes the Python
-    # path, as fairseq's fused path refuses static_kv for the vanilla model too
-    assert len(calls) == 2 * 2
-    monkeypatch.setattr(PositionAwareAttention, "forward", MultiheadAttention.forward)
-    reference, reference_grads = output_and_gradients()
-    assert len(calls) == 4  # the reference took fairseq's path
-    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
-    assert grads.keys() == reference_grads.keys()
-    for name in grads:
-        torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-4, atol=1e-6, msg=name)
