@@ -158,11 +158,11 @@ def render(results, buckets, cfg, seeds):
         if "growth" in runs[0]:
             lines.append(f"| {label} | {cell([r['growth']['2x'] for r in runs], 2)} | "
                          f"{cell([r['growth']['4x'] for r in runs], 2)} |")
-    dated = {label: runs[0]["date"] for label, runs in results.items() if "date" in runs[0]}
-    if len(set(dated.values())) > 1 or 0 < len(dated) < len(results):  # rows from different runs of the demo
-        lines += ["", "Trained: " + "; ".join(f"{label} {date}" for label, date in dated.items())
-                  + "; the other rows in an earlier run of the demo (same settings and seeds)."
-                  * (len(dated) < len(results))]
+    # rows from separate runs of the demo (--rerun): say when each was trained
+    started = {label: runs[0].get("started", "in an earlier run") for label, runs in results.items()}
+    if len(set(started.values())) > 1:
+        lines += ["", "Rows trained in separate runs of the demo (same settings and seeds): "
+                  + "; ".join(f"{label} {when}" for label, when in started.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -227,12 +227,13 @@ def main(argv=None):
           f"test buckets up to {4 * cfg['max_len']} words", flush=True)
     buckets = make_data(args.out, cfg)
     results, started = dict(kept), time.time()
+    started_at = time.strftime("%Y-%m-%d %H:%M")
     for i, (label, flags) in enumerate(systems):
         for seed in seeds:
             print(f"[2/3] {label} ({i + 1}/{len(systems)}), seed {seed}, {cfg['epochs']} epochs", flush=True)
             sources, refs, hyps, checkpoint, seconds = train_and_decode(args.out, label, flags, seed, cfg)
             lengths = {j: len(src.split()) for j, src in sources.items()}
-            run_result = {"seed": seed, "seconds": seconds, "date": time.strftime("%Y-%m-%d"),
+            run_result = {"seed": seed, "seconds": seconds, "started": started_at,
                           "exact": exact_match(hyps, lengths, refs, buckets),
                           "bleu": [bleu for bleu, _ in bucket_bleu(hyps, lengths, refs, buckets)]}
             if "floater" in flags:

@@ -212,7 +212,8 @@ class FloaterPositionSignal(nn.Module):
                                  "parallel differentiates its fixed point implicitly (drop --floater-adjoint)")
             if step_size > dt or abs(dt / step_size - round(dt / step_size)) > 1e-6:
                 raise ValueError(f"FLOATER: --floater-method parallel needs positions on its grid: "
-                                 f"--floater-step-size ({step_size}) must divide --floater-dt ({dt})")
+                                 f"--floater-step-size ({step_size}) must divide --floater-dt ({dt}); for "
+                                 f"other steps use a torchdiffeq method, e.g. --floater-method rk4")
         self.dim = dim
         self.dt = dt
         self.method = method

@@ -28,23 +28,19 @@ def test_demo_quick_reports_every_system_over_seeds_and_updates_the_readme(tmp_p
     assert len(rows) == 3  # exact match, BLEU, growth
     assert all(re.search(r"\d+\.\d+ ± \d+\.\d+", row) for row in rows)
     assert os.path.getsize(results / "extrapolation.png") > 1000
-
-
-def test_demo_rerun_trains_one_row_again_and_keeps_the_others(tmp_path):
-    out = tmp_path / "demo"
-    common = ["--quick", "--seeds", "1", "--out", str(out), "--results", "", "--readme", ""]
-    run_cli("python", "-m", "floater_fairseq.cli.demo", "--systems", "sinusoidal (input),FLOATER dissipative", *common)
-    before = json.loads((out / "results.json").read_text())["results"]
-    kept = os.path.getmtime(out / "checkpoints" / "sinusoidal-input-seed1" / "checkpoint_last.pt")
-    result = run_cli("python", "-m", "floater_fairseq.cli.demo", "--rerun", "FLOATER dissipative", *common)
+    # --rerun: one row trained again (same settings and seeds), every other row's runs kept
+    kept = os.path.getmtime(out / "checkpoints" / "floater-paper-seed1" / "checkpoint_last.pt")
+    rerun = run_cli("python", "-m", "floater_fairseq.cli.demo", "--quick", "--seeds", "2", "--rerun",
+                    "sinusoidal (input)", "--out", str(out), "--results", "", "--readme", "")
     after = json.loads((out / "results.json").read_text())["results"]
-    assert list(after) == ["sinusoidal (input)", "FLOATER dissipative"]
-    assert after["sinusoidal (input)"] == before["sinusoidal (input)"]  # kept, not retrained
-    assert os.path.getmtime(out / "checkpoints" / "sinusoidal-input-seed1" / "checkpoint_last.pt") == kept
-    assert after["FLOATER dissipative"][0]["seconds"] != before["FLOATER dissipative"][0]["seconds"]
-    assert "FLOATER dissipative" in result.stdout
-    # other settings than the kept runs': refused, nothing trained
-    refused = run_cli("python", "-m", "floater_fairseq.cli.demo", "--rerun", "RoPE", "--seeds", "2",
-                      *common[:1], *common[3:], check=False)
+    assert list(after) == list(data["results"])
+    assert all(after[label] == data["results"][label] for label in systems.split(",")[1:])  # kept as they were
+    assert os.path.getmtime(out / "checkpoints" / "floater-paper-seed1" / "checkpoint_last.pt") == kept
+    assert [r["seed"] for r in after["sinusoidal (input)"]] == [1, 2] and "sinusoidal (input), seed 2" in rerun.stdout
+    assert "Rows trained in separate runs of the demo" not in table  # one run: nothing to say
+    assert "Rows trained in separate runs of the demo" in (out / "results.md").read_text()  # two runs: said
+    # other settings than the kept runs': refused before anything is trained or deleted
+    refused = run_cli("python", "-m", "floater_fairseq.cli.demo", "--quick", "--seeds", "1", "--rerun", "RoPE",
+                      "--out", str(out), "--results", "", "--readme", "", check=False)
     assert refused.returncode != 0 and "--rerun needs the same ones" in refused.stderr
     assert json.loads((out / "results.json").read_text())["results"] == after

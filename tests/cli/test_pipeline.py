@@ -61,12 +61,13 @@ def test_evaluate_writes_one_json_result(table_run, tmp_path):
     assert "sacreBLEU" in result.stdout and "nrefs:1" in result.stdout
     record = json.loads(out.read_text())
     assert record["dataset"] == "tiny-de-en" and record["checkpoint"].endswith("checkpoint_last.pt")
-    # the solver-step study: the same model decoded with another solver step, recorded as such
+    # the solver-step study: the same model decoded with another solver and step, recorded as such
+    overrides = {"floater_method": "rk4", "floater_step_size": 0.3}
     overridden = script("evaluate.sh", root / "checkpoints" / "tiny-de-en" / "floater-all", "--output",
-                        tmp_path / "step.json", "--model-overrides", "{'floater_step_size': 0.3}", env=env)
+                        tmp_path / "step.json", "--model-overrides", repr(overrides), env=env)
     assert "--model-overrides" in overridden.stdout and "floater_step_size" in overridden.stdout  # to fairseq
     step = json.loads((tmp_path / "step.json").read_text())
-    assert step["model_overrides"] == {"floater_step_size": 0.3} and step["decode_seconds"] > 0
+    assert step["model_overrides"] == overrides and step["decode_seconds"] > 0
 
 
 def test_length_buckets_on_a_checkpoint(table_run, tmp_path):

@@ -32,9 +32,9 @@ def test_run_queue_trains_evaluates_and_skips_what_is_done(configured, tmp_path)
     assert "===" not in again.stdout and "queue done" in again.stdout
 
 
-def test_warm_start_from_a_run_that_did_not_finish_is_refused(table_run, tmp_path):
+def test_warm_start_from_a_run_that_did_not_finish_is_refused(configured, tmp_path):
     # a working --warm-start-from is exercised by test_run_queue_trains_evaluates_and_skips_what_is_done
-    root, env, _ = table_run
+    root, env = configured
     config = root / "configs" / "tiny-de-en" / "floater-all.yaml"
     missing = script("train.sh", config, "--warm-start-from", tmp_path / "nothing", "--save-dir", tmp_path / "a",
                      env=env, check=False)
