@@ -10,7 +10,7 @@ from conftest import REPO, run_cli
 def test_demo_quick_reports_every_system_over_seeds_and_updates_the_readme(tmp_path):
     out, results, readme = tmp_path / "demo", tmp_path / "results", tmp_path / "README.md"
     shutil.copy(os.path.join(REPO, "README.md"), readme)
-    systems = "sinusoidal (input),FLOATER paper,FLOATER dissipative"
+    systems = "sinusoidal (input),FLOATER dissipative"
     result = run_cli("python", "-m", "floater_fairseq.cli.demo", "--quick", "--seeds", "2", "--systems", systems,
                      "--out", str(out), "--results", str(results), "--readme", str(readme))
     table = (out / "results.md").read_text()
@@ -29,13 +29,13 @@ def test_demo_quick_reports_every_system_over_seeds_and_updates_the_readme(tmp_p
     assert all(re.search(r"\d+\.\d+ ± \d+\.\d+", row) for row in rows)
     assert os.path.getsize(results / "extrapolation.png") > 1000
     # --rerun: one row trained again (same settings and seeds), every other row's runs kept
-    kept = os.path.getmtime(out / "checkpoints" / "floater-paper-seed1" / "checkpoint_last.pt")
+    kept = os.path.getmtime(out / "checkpoints" / "floater-dissipative-seed1" / "checkpoint_last.pt")
     rerun = run_cli("python", "-m", "floater_fairseq.cli.demo", "--quick", "--seeds", "2", "--rerun",
                     "sinusoidal (input)", "--out", str(out), "--results", "", "--readme", "")
     after = json.loads((out / "results.json").read_text())["results"]
     assert list(after) == list(data["results"])
     assert all(after[label] == data["results"][label] for label in systems.split(",")[1:])  # kept as they were
-    assert os.path.getmtime(out / "checkpoints" / "floater-paper-seed1" / "checkpoint_last.pt") == kept
+    assert os.path.getmtime(out / "checkpoints" / "floater-dissipative-seed1" / "checkpoint_last.pt") == kept
     assert [r["seed"] for r in after["sinusoidal (input)"]] == [1, 2] and "sinusoidal (input), seed 2" in rerun.stdout
     assert "Rows trained in separate runs of the demo" not in table  # one run: nothing to say
     assert "Rows trained in separate runs of the demo" in (out / "results.md").read_text()  # two runs: said

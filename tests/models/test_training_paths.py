@@ -142,31 +142,56 @@ def assert_logged_valid_is_fresh(data, stats, checkpoint, metric="loss", *flags)
     assert abs(saved - fresh[f"valid_{metric}"]) <= 1e-3, (saved, fresh)
 
 
+class _PlainRuns(dict):
+    """encoder -> (save dir, stats) of its plain run (adam, nothing else), trained when first asked for."""
+
+    def __init__(self, data, tmp_path_factory):
+        super().__init__()
+        self.data, self.tmp_path_factory = data, tmp_path_factory
+
+    def __missing__(self, encoder):
+        save_dir = self.tmp_path_factory.mktemp(f"plain-{encoder}")
+        self[encoder] = (save_dir, fairseq_train(self.data, save_dir, *ENCODERS[encoder]))
+        return self[encoder]
+
+
 @pytest.fixture(scope="module")
 def plain_runs(synthetic_bin, tmp_path_factory):
-    """The plain run of each encoder (adam, nothing else), shared by the cells that compare to it."""
-    runs = {}
-    for encoder, flags in ENCODERS.items():
-        save_dir = tmp_path_factory.mktemp(f"plain-{encoder}")
-        runs[encoder] = (save_dir, fairseq_train(synthetic_bin, save_dir, *flags))
-    return runs
-
-
-@pytest.mark.parametrize("encoder", ENCODERS)
-def test_plain_run_logs_the_valid_loss_of_its_checkpoint(synthetic_bin, plain_runs, encoder):
-    save_dir, stats = plain_runs[encoder]
-    assert len(train_losses(stats)) >= 20 and len([1 for tag, _ in stats if tag == "valid"]) == 2
-    assert_logged_valid_is_fresh(synthetic_bin, stats, save_dir / "checkpoint_last.pt")
+    """The plain run of each encoder, shared by the cells of a file that compare to it."""
+    return _PlainRuns(synthetic_bin, tmp_path_factory)
 
 
 # rk4 differs from the default solve only in how the positions are solved and differentiated: the
 # options that change how often and in what precision backward runs (the suite's time is bounded)
 RK4_OPTIONS = ("checkpoint-activations", "memory-efficient-fp16")
-CELLS = [(e, o) for e in ENCODERS for o in OPTIONS if not e.endswith("rk4") or o in RK4_OPTIONS]
 
 
-@pytest.mark.parametrize("encoder,option", CELLS, ids=[f"{e}-{o}" for e, o in CELLS])
+def cells(encoders):
+    return [(e, o) for e in encoders for o in OPTIONS if not e.endswith("rk4") or o in RK4_OPTIONS]
+
+
+# This file runs FLOATER-all's cells; test_training_paths_more.py the others (two files, so that
+# pytest's two workers share the matrix).
+HERE = ("floater-all", "floater-all-rk4")
+
+
+def check_plain_run(data, plain_runs, encoder):
+    save_dir, stats = plain_runs[encoder]
+    assert len(train_losses(stats)) >= 20 and len([1 for tag, _ in stats if tag == "valid"]) == 2
+    assert_logged_valid_is_fresh(data, stats, save_dir / "checkpoint_last.pt")
+
+
+@pytest.mark.parametrize("encoder", HERE)
+def test_plain_run_logs_the_valid_loss_of_its_checkpoint(synthetic_bin, plain_runs, encoder):
+    check_plain_run(synthetic_bin, plain_runs, encoder)
+
+
+@pytest.mark.parametrize("encoder,option", cells(HERE), ids=[f"{e}-{o}" for e, o in cells(HERE)])
 def test_training_option(synthetic_bin, plain_runs, tmp_path, encoder, option):
+    check_training_option(synthetic_bin, plain_runs, tmp_path, encoder, option)
+
+
+def check_training_option(synthetic_bin, plain_runs, tmp_path, encoder, option):
     stats = fairseq_train(synthetic_bin, tmp_path, *ENCODERS[encoder], *OPTIONS[option])
     assert_logged_valid_is_fresh(synthetic_bin, stats, tmp_path / "checkpoint_last.pt")
     if option.endswith("activations"):
