@@ -23,6 +23,7 @@ from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 from ..checkpoints import plain_config, save
 from ..models.floater_transformer import FloaterTransformerModel
 from ..modules.floater import FloaterPositionEncoder
+from ..options import OPTIONS, add_options
 
 # Dimensions that must agree between the checkpoint and an explicitly requested --arch.
 ARCH_DIMENSIONS = (
@@ -40,8 +41,9 @@ def floater_arch_for(vanilla_arch: str) -> str:
     return candidate if candidate in ARCH_MODEL_REGISTRY else "floater_transformer"
 
 
-def migrate_state(state: dict, arch: str = None) -> dict:
-    """Return a new checkpoint dict; ``state`` is not modified."""
+def migrate_state(state: dict, arch: str = None, floater: dict = None) -> dict:
+    """Return a new checkpoint dict; ``state`` is not modified. ``floater``: FLOATER options of the
+    target (dest -> value, e.g. {"floater_dynamics": "paper"}); the others take today's defaults."""
     model_args = state.get("cfg", {}).get("model") if state.get("cfg") is not None else None
     if model_args is None:
         raise MigrationError("the checkpoint has no model configuration (cfg.model): is it a fairseq checkpoint?")
@@ -82,6 +84,13 @@ def migrate_state(state: dict, arch: str = None) -> dict:
     args.arch = target_arch
     args._name = target_arch
     args.pos_encoder, args.pos_blocks = "floater", "all"
+    # FLOATER settings the source carries were never used by it (a floater_transformer with the
+    # sinusoid saves the defaults of its day): the target's are the ones given, or today's defaults
+    for option in OPTIONS.values():
+        if option.group == "floater" and hasattr(args, option.dest):
+            delattr(args, option.dest)
+    for dest, value in (floater or {}).items():
+        setattr(args, dest, value)
     args.floater_init_std = 0.0  # h's output layer == 0: every bias is exactly zero
     ARCH_CONFIG_REGISTRY[target_arch](args)
     if args.encoder_embed_dim != args.decoder_embed_dim:
@@ -112,13 +121,13 @@ def migrate_state(state: dict, arch: str = None) -> dict:
     return migrated
 
 
-def migrate(source: str, destination: str, arch: str = None) -> None:
+def migrate(source: str, destination: str, arch: str = None, floater: dict = None) -> None:
     if not os.path.isfile(source):
         raise MigrationError(f"no such checkpoint: {source}")
     if os.path.abspath(source) == os.path.abspath(destination):
         raise MigrationError("the output path must differ from the input checkpoint")
     state = checkpoint_utils.load_checkpoint_to_cpu(source)
-    migrated = migrate_state(state, arch)
+    migrated = migrate_state(state, arch, floater)
     save(migrated, destination)  # atomic: a reader never sees a half-written checkpoint
 
 
@@ -130,9 +139,12 @@ def main(argv=None):
     parser.add_argument("vanilla", help="checkpoint of a fairseq transformer* architecture")
     parser.add_argument("output", help="where to write the floater_transformer* checkpoint")
     parser.add_argument("--arch", help="floater architecture (default: floater_ + the checkpoint's arch)")
+    add_options(parser.add_argument_group("FLOATER of the target (default: today's defaults)"), "floater")
     args = parser.parse_args(argv)
+    floater = {option.dest: getattr(args, option.dest) for option in OPTIONS.values()
+               if option.group == "floater" and getattr(args, option.dest) not in (None, False)}
     try:
-        migrate(args.vanilla, args.output, args.arch)
+        migrate(args.vanilla, args.output, args.arch, floater)
     except MigrationError as error:
         print(f"migrate: error: {error}; nothing was written", file=sys.stderr)
         return 2

@@ -54,7 +54,8 @@ def write_configs(prepared):
     configs = prepared / "configs" / "tiny-de-en"
     configs.mkdir(parents=True)
     for row, flags, warm in (("sinusoidal-input", {"pos-encoder": "sinusoidal", "pos-blocks": "input"}, None),
-                             ("floater-all", {"pos-encoder": "floater", "pos-blocks": "all", "max-update": 30},
+                             ("floater-all", {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "paper",
+                                              "max-update": 30},
                               {"from": "sinusoidal-input", "lr_scale": 0.5, "max_epoch": 2})):
         config = {"dataset": "tiny-de-en", "data": str(prepared / "data"), "train": {**TINY_TRAIN, **flags},
                   "evaluate": {"average_last": 1, "beam": 2, "lenpen": 1.0}}

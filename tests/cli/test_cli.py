@@ -192,6 +192,26 @@ def test_migrated_vanilla_checkpoint_gives_the_same_log_probabilities(synthetic_
           "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader", "--reset-meters")
 
 
+def test_migrate_takes_the_targets_floater_settings_not_the_sources(vanilla_checkpoint):
+    """A sinusoidal floater_transformer run saves the FLOATER defaults of its day; the warm start
+    must build the row's FLOATER (e.g. the paper's dynamics) or today's defaults, never those."""
+    from fairseq import checkpoint_utils
+
+    from floater_fairseq.cli.migrate import migrate_state
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(vanilla_checkpoint))
+    for key, value in (("floater_dynamics", "paper"), ("floater_method", "rk4"), ("floater_dt", 0.5)):
+        setattr(state["cfg"]["model"], key, value)  # stale settings of a source run
+    dynamics = "position_encoder.signal.dynamics."
+    paper = migrate_state(state, floater={"floater_dynamics": "paper"})
+    assert (paper["cfg"]["model"].floater_dynamics, paper["cfg"]["model"].floater_method) == ("paper", "rk4")
+    assert paper["model"][dynamics + "input_layer.weight"].shape[1] == 16 + 1  # [p; t]
+    default = migrate_state(state)
+    model = default["cfg"]["model"]
+    assert (model.floater_dynamics, model.floater_method, model.floater_activation, model.floater_dt) == (
+        "dissipative", "parallel", "softplus", 0.1)
+    assert dynamics + "rho" in default["model"]
+
+
 def test_migrate_refuses_bad_input_and_writes_nothing(trained, tmp_path):
     _, floater_checkpoint, _ = trained
     out = tmp_path / "out.pt"

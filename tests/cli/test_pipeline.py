@@ -21,6 +21,7 @@ def table_run(prepared):  # noqa: F811
 def test_table_trains_warm_starts_evaluates_and_writes_the_table(table_run):
     root, env, result = table_run
     assert "warm start: training" in result.stdout and "floater_fairseq.cli.migrate" in result.stdout
+    assert "--floater-dynamics paper" in result.stdout.split("floater_fairseq.cli.migrate")[1].splitlines()[0]
     assert "--reset-optimizer" in result.stdout and "--lr 0.0015" in result.stdout
     for row in ("floater-all", "sinusoidal-input"):
         record = json.loads((root / "results" / "tiny-de-en" / f"{row}.json").read_text())
