@@ -293,19 +293,34 @@ def seed_table(dataset: str) -> str:
         spread = f" ± {statistics.stdev(scores):.2f}" if len(scores) > 1 else ""
         return f"{statistics.mean(scores):.2f}{spread} (n={len(scores)})"
 
+    def warm_start_source(record):
+        path = os.path.join(REPO, record.get("config", ""))
+        return (load(path).get("warm_start") or {}).get("from") if os.path.isfile(path) else None
+
+    def updates_of(record):
+        """A warm-started run's updates follow its source's: "3036 + 1265" (the same seed's run)."""
+        source = warm_start_source(record)
+        before = [r.get("updates") for r in runs.get(source, {}).get("test", []) if r.get("seed") == record.get("seed")]
+        return f"{before[0]} + {record.get('updates')}" if source and before else str(record.get("updates"))
+
     lines = [f"# {dataset}: BLEU over seeds (mean ± std; checkpoint_last, sacreBLEU)", "",
              "| row | test | valid | seeds | updates | train minutes (mean) |", "|---|---|---|---|---|---|"]
+    warm = False
     for row, subsets in runs.items():
         test = subsets.get("test", [])
         minutes = [r["train_seconds"] / 60 for r in test if "train_seconds" in r]
         valid = subsets.get("valid", [])
         seeds = ", ".join(str(r.get("seed")) for r in test) or "-"
-        updates = ", ".join(str(r.get("updates")) for r in test) or "-"
+        updates = ", ".join(updates_of(r) for r in test) or "-"
+        warm = warm or "+" in updates
         minutes = f"{statistics.mean(minutes):.0f}" if minutes else "-"
         lines.append(f"| {row} | {cell(test) if test else '-'} | {cell(valid) if valid else '-'} | {seeds} | "
                      f"{updates} | {minutes} |")
     signatures = sorted({r["signature"] for subsets in runs.values() for rs in subsets.values() for r in rs})
-    text = "\n".join(lines + ["", f"sacreBLEU signature: {', '.join(signatures)}", ""])
+    notes = ["", "a + b updates: b updates fine-tuned from the same seed's run of the warm-start row (a "
+             "updates; the paper's protocol), so the row has trained a + b updates in all; its minutes are "
+             "the fine-tuning's."] if warm else []
+    text = "\n".join(lines + notes + ["", f"sacreBLEU signature: {', '.join(signatures)}", ""])
     write_text(os.path.join(RESULTS_ROOT, f"{dataset}-seeds.md"), text)
     return text
 

@@ -129,3 +129,12 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
     text = experiment.seed_table("d")
     assert "| row | 38.00 ± 1.00 (n=3) | 39.00 ± 1.00 (n=3) | 1, 2, 3 | 3036, 3036, 3036 | 20 |" in text
     assert (tmp_path / "d-seeds.md").read_text() == text
+    assert "a + b updates" not in text
+    # a warm-started row (the paper's protocol): its updates follow the same seed's source run's
+    monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+    (tmp_path / "warm.yaml").write_text("dataset: d\ndata: x\ntrain: {arch: a}\nevaluate: {}\n"
+                                        "warm_start: {from: row}\n")
+    (folder / "warm-seed2.test.json").write_text(json.dumps(
+        {"bleu": 40.0, "seed": 2, "updates": 1265, "config": "warm.yaml", "signature": "sig"}))
+    text = experiment.seed_table("d")
+    assert "| warm | 40.00 (n=1) | - | 2 | 3036 + 1265 | - |" in text and "a + b updates:" in text
