@@ -24,7 +24,8 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	# one BLAS/OpenMP thread per worker: two workers share two cores (fairseq subprocesses inherit it)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 demo: venv
 	$(PY) -m floater_fairseq.cli.demo
