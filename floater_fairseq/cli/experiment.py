@@ -137,8 +137,7 @@ def warm_start_flags(config_path, config, save_dir, flags, extra, source_dir=Non
     initial = os.path.join(save_dir, "warm_start.pt")
     if not os.path.exists(initial):
         # the target row's FLOATER settings (e.g. the paper's dynamics), not the source run's
-        floater = [x for key, value in config["train"].items() if key.startswith("floater-")
-                   for x in ([f"--{key}"] if value is True else [] if value is False else [f"--{key}", str(value)])]
+        floater = train_args({"train": {k: v for k, v in config["train"].items() if k.startswith("floater-")}})
         run([sys.executable, "-m", "floater_fairseq.cli.migrate", os.path.join(source_dir, "checkpoint_last.pt"), initial,
              *floater])
     lr = float(config["train"]["lr"]) * float(config["warm_start"].get("lr_scale", 0.5))

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel, register_model, register_model_architecture
 from fairseq.modules import LayerNorm
 
-from ..modules.floater import FloaterPositionSignal
-from ..options import add_options, default_method, fill_defaults
+from ..modules.floater import FloaterPositionEncoder, FloaterPositionSignal
+from ..options import add_options, fill_defaults
 
 
 
@@ -222,9 +222,8 @@ def _fill(args, **values):
 def memory_lm_base(args):
     _fill(args, decoder_embed_dim=512, decoder_ffn_embed_dim=2048, decoder_layers=6, decoder_attention_heads=8,
           dropout=0.1, attention_dropout=0.0)
-    fill_defaults(args, "memory-lm", "floater")
-    if args.floater_method is None:  # recorded in the checkpoint as the method it ran
-        args.floater_method = default_method(args.floater_dynamics)
+    fill_defaults(args, "memory-lm")
+    FloaterPositionEncoder.set_defaults(args)  # the floater flags, the method resolved as FLOATER's
     if args.lrm_layers is None:
         args.lrm_layers = args.decoder_layers
 
