@@ -82,6 +82,9 @@ ROWS = {
     "floater-all-scratch": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "paper"},
     "floater-input": {"pos-encoder": "floater", "pos-blocks": "input", "floater-dynamics": "paper"},
     "floater-all-dissipative": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "dissipative"},
+    # the same model trained with the reference solver (rk4 at DT/5) instead of the default parallel solve
+    "floater-all-dissipative-rk4": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "dissipative",
+                                    "floater-method": "rk4"},
     "sinusoidal-all": {"pos-encoder": "sinusoidal", "pos-blocks": "all"},
     "sinusoidal-input": {"pos-encoder": "sinusoidal", "pos-blocks": "input"},
     "learned-all": {"pos-encoder": "learned", "pos-blocks": "all"},
