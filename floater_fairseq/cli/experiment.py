@@ -4,6 +4,7 @@
     python -m floater_fairseq.cli.experiment evaluate CHECKPOINT_DIR [CONFIG] [--average-last N]
         [--subset S] [--output FILE] [--model-overrides "{'floater_step_size': 0.1}"]
     python -m floater_fairseq.cli.experiment table DATASET [--rows R,...] [extra fairseq-train flags]
+    python -m floater_fairseq.cli.experiment seeds DATASET
 
 (scripts/train.sh, evaluate.sh and reproduce-table.sh call these.)
 
@@ -17,7 +18,12 @@ evaluate: averages the last N epoch checkpoints with fairseq's averaging script,
 set with the config's beam and lenpen (subwords removed), scores with sacreBLEU against the raw
 references (signature printed; compound-split BLEU for En-De, labelled as such) and writes one
 JSON result to results/DATASET/ROW.json (with the decode time, and the model overrides if any: the
-solver-step study decodes one model with several --floater-step-size values).
+solver-step study decodes one model with several --floater-step-size values). A config whose
+evaluate section has ``length_buckets`` (the short-to-long study) adds sacreBLEU per bucket of
+source length, counted in subwords as prepare's --max-train-source-len counts them.
+
+seeds: results/DATASET/seeds/ROW-seedN.SUBSET.json (scripts/run-queue.sh) -> results/DATASET-seeds.md,
+mean ± std over seeds per row, and per length bucket where the results have them.
 
 table: train + evaluate every Table-2 row of a dataset (rows with a result are skipped) and
 write results/DATASET.md in the paper's layout, with the paper's numbers where it has them.
@@ -240,6 +246,13 @@ def evaluate(save_dir: str, config_path: str = None, average_last: int = None, o
     if os.path.exists(timing):
         result["train_seconds"] = round(json.load(open(timing))["seconds"], 1)
     print(f"sacreBLEU {score.score:.2f}  ({result['signature']})")
+    if evaluation.get("length_buckets"):
+        result["length_buckets"] = bleu_by_source_length(data, config, subset, hyps, references,
+                                                         str(evaluation["length_buckets"]))
+        by_length = result["length_buckets"]
+        print("sacreBLEU by source length (subwords): " + ", ".join(
+            f"{bucket}: {'-' if bleu is None else f'{bleu:.2f}'} ({n} sentences)"
+            for bucket, bleu, n in zip(by_length["buckets"], by_length["bleu"], by_length["sentences"])))
     if evaluation.get("compound_split"):
         split = sacrebleu.metrics.BLEU()
         result["compound_split_bleu"] = round(split.corpus_score(compound_split(hyps), [compound_split(references)]).score, 2)
@@ -248,6 +261,24 @@ def evaluate(save_dir: str, config_path: str = None, average_last: int = None, o
     write_json(output, result)
     print(f"wrote {output}")
     return result
+
+
+def bleu_by_source_length(data, config, subset, hyps, references, buckets_text) -> dict:
+    """sacreBLEU per bucket of source length, counted in the subwords the model saw (EOS excluded:
+    the unit of prepare's --max-train-source-len), for the short-to-long study."""
+    from fairseq.data import data_utils
+    from .length_buckets import bucket_bleu, parse_buckets
+    source, target = str(config["train"]["source-lang"]), str(config["train"]["target-lang"])
+    prefix = os.path.join(data, f"{subset}.{source}-{target}.{source}")
+    sources = data_utils.load_indexed_dataset(prefix, None)
+    if sources is None or len(sources) != len(hyps):
+        raise ExperimentError(f"length_buckets: no binarized source of {len(hyps)} sentences at {prefix}.bin")
+    buckets = parse_buckets(buckets_text)
+    scores = bucket_bleu(dict(enumerate(hyps)), {i: int(n) - 1 for i, n in enumerate(sources.sizes)},
+                         dict(enumerate(references)), buckets)
+    return {"unit": "source subwords", "buckets": [f"{low}-{high}" for low, high in buckets],
+            "bleu": [None if n == 0 else round(score, 2) for score, n in scores],
+            "sentences": [n for _, n in scores]}
 
 
 def table(dataset: str, rows=None, extra=()):
@@ -315,6 +346,7 @@ def seed_table(dataset: str) -> str:
         minutes = f"{statistics.mean(minutes):.0f}" if minutes else "-"
         lines.append(f"| {row} | {cell(test) if test else '-'} | {cell(valid) if valid else '-'} | {seeds} | "
                      f"{updates} | {minutes} |")
+    lines += _length_bucket_table(runs)
     signatures = sorted({r["signature"] for subsets in runs.values() for rs in subsets.values() for r in rs})
     notes = ["", "a + b updates: b updates fine-tuned from the same seed's run of the warm-start row (a "
              "updates; the paper's protocol), so the row has trained a + b updates in all; its minutes are "
@@ -322,6 +354,36 @@ def seed_table(dataset: str) -> str:
     text = "\n".join(lines + notes + ["", f"sacreBLEU signature: {', '.join(signatures)}", ""])
     write_text(os.path.join(RESULTS_ROOT, f"{dataset}-seeds.md"), text)
     return text
+
+
+def _length_bucket_table(runs) -> list:
+    """Rows whose test results carry length_buckets: BLEU per source-length bucket, mean ± std."""
+    import statistics
+    rows = {row: [r["length_buckets"] for r in subsets.get("test", []) if "length_buckets" in r]
+            for row, subsets in runs.items()}
+    rows = {row: records for row, records in rows.items() if records}
+    if not rows:
+        return []
+    layouts = {(tuple(b["buckets"]), tuple(b["sentences"])) for records in rows.values() for b in records}
+    if len(layouts) > 1:
+        raise ExperimentError(f"length_buckets differ between runs (buckets, sentences): {sorted(layouts)}; "
+                              f"evaluate them all with the same config")
+    buckets, counts = layouts.pop()
+
+    def cell(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+        return f"{statistics.mean(values):.1f}{spread}"
+
+    lines = ["", "BLEU on test by source length in subwords (mean ± std over the seeds; sentences per bucket "
+             "in brackets):", "", "| row | " + " | ".join(f"{b} ({n})" for b, n in zip(buckets, counts)) + " | seeds |",
+             "|---|" + "---|" * (len(buckets) + 1)]
+    for row, records in rows.items():
+        per_bucket = [cell([r["bleu"][k] for r in records]) for k in range(len(buckets))]
+        lines.append(f"| {row} | " + " | ".join(per_bucket) + f" | {len(records)} |")
+    return lines
 
 
 def render_table(dataset, results):

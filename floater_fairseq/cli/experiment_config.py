@@ -4,7 +4,8 @@
     dataset: multi30k-de-en            # name used in results tables
     data: data-bin/multi30k_de_en      # fairseq-preprocess output, relative to the repo root
     train: {flag: value, ...}          # every fairseq-train flag; true = bare flag, false/null = omitted
-    evaluate: {average_last: N, beam: B, lenpen: L, compound_split: bool, batch_size: N}
+    evaluate: {average_last: N, beam: B, lenpen: L, compound_split: bool, batch_size: N,
+               length_buckets: "1-12,13-16,..." (BLEU per bucket of source length in subwords, too)}
     warm_start: {from: ROW, lr_scale: 0.5, max_epoch: N}   # optional (paper App. B.2)
 
 Read with PyYAML (which fairseq already depends on). ``python -m floater_fairseq.cli.experiment_config
@@ -19,7 +20,7 @@ import yaml
 
 KEYS = {"description", "dataset", "data", "train", "evaluate", "warm_start"}
 REQUIRED = {"dataset", "data", "train", "evaluate"}
-EVALUATE_KEYS = {"average_last", "beam", "lenpen", "compound_split", "batch_size", "subset"}
+EVALUATE_KEYS = {"average_last", "beam", "lenpen", "compound_split", "batch_size", "subset", "length_buckets"}
 WARM_START_KEYS = {"from", "lr_scale", "max_epoch"}
 
 
@@ -48,6 +49,12 @@ def load(path: str) -> Dict:
     if missing:
         raise ConfigError(f"{path}: missing key(s) {missing}")
     _check_keys("evaluate", config["evaluate"], EVALUATE_KEYS, path)
+    if config["evaluate"].get("length_buckets") is not None:
+        from .length_buckets import parse_buckets
+        try:
+            parse_buckets(str(config["evaluate"]["length_buckets"]))
+        except ValueError as e:
+            raise ConfigError(f"{path}: evaluate: length_buckets: {e}") from None
     if config.get("warm_start") is not None:
         _check_keys("warm_start", config["warm_start"], WARM_START_KEYS, path)
     for key in config["train"]:

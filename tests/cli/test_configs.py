@@ -71,6 +71,8 @@ def test_train_args_flags_and_booleans(tmp_path):
     ("dataset: x\ntrain: {}\nevaluate: {}\n", r"missing key\(s\) \['data'\]"),
     ("dataset: x\ndata: d\ntrain: {max_tokens: 3}\nevaluate: {}\n", "must be a fairseq flag without dashes"),
     ("dataset: [x\n", "not valid YAML"),
+    ("dataset: x\ndata: d\ntrain: {}\nevaluate: {length_buckets: '1-12,20'}\n",
+     "evaluate: length_buckets: bad bucket '20': write LOW-HIGH"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, text, message, capsys):
     path = tmp_path / "bad.yaml"

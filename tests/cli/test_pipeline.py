@@ -71,6 +71,26 @@ def test_evaluate_writes_one_json_result(table_run, tmp_path):
     assert step["model_overrides"] == overrides and step["decode_seconds"] > 0
 
 
+def test_evaluate_scores_each_source_length_bucket(table_run, tmp_path):
+    """The short-to-long study's per-bucket BLEU: buckets counted in source subwords; a bucket that
+    holds every sentence scores exactly the corpus BLEU."""
+    import yaml
+    from fairseq.data import data_utils
+    from floater_fairseq.cli import experiment
+    root, _, _ = table_run
+    config = yaml.safe_load((root / "configs" / "tiny-de-en" / "sinusoidal-input.yaml").read_text())
+    config["evaluate"]["length_buckets"] = "1-1000,1-4,5-1000"
+    (tmp_path / "row.yaml").write_text(yaml.safe_dump(config))
+    result = experiment.evaluate(str(root / "checkpoints" / "tiny-de-en" / "sinusoidal-input"),
+                                 str(tmp_path / "row.yaml"), output=str(tmp_path / "row.json"))
+    sources = data_utils.load_indexed_dataset(str(root / "data" / "test.de-en.de"), None)  # sizes: its mmap
+    short = int((sources.sizes - 1 <= 4).sum())
+    by_length = json.loads((tmp_path / "row.json").read_text())["length_buckets"]
+    assert by_length["buckets"] == ["1-1000", "1-4", "5-1000"] and by_length["unit"] == "source subwords"
+    assert by_length["sentences"] == [24, short, 24 - short] and 0 < short < 24
+    assert by_length["bleu"][0] == result["bleu"]
+
+
 def test_length_buckets_on_a_checkpoint(table_run, tmp_path):
     root, _, _ = table_run
     checkpoint = root / "checkpoints" / "tiny-de-en" / "floater-all" / "checkpoint_last.pt"
@@ -138,3 +158,25 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
         {"bleu": 40.0, "seed": 2, "updates": 1265, "config": "warm.yaml", "signature": "sig"}))
     text = experiment.seed_table("d")
     assert "| warm | 40.00 (n=1) | - | 2 | 3036 + 1265 | - |" in text and "a + b updates:" in text
+    assert "by source length" not in text
+
+
+def test_seed_table_reports_bleu_by_source_length_over_seeds(tmp_path, monkeypatch):
+    from floater_fairseq.cli import experiment
+    monkeypatch.setattr(experiment, "RESULTS_ROOT", str(tmp_path))
+    folder = tmp_path / "d" / "seeds"
+    folder.mkdir(parents=True)
+
+    def write(name, bleus, sentences=(5, 3)):
+        (folder / name).write_text(json.dumps({"bleu": 30.0, "seed": 1, "updates": 9, "signature": "sig",
+                                               "length_buckets": {"unit": "source subwords", "buckets": ["1-12", "13-99"],
+                                                                  "bleu": bleus, "sentences": list(sentences)}}))
+    write("short-seed1.test.json", [40.0, 10.0])
+    write("short-seed2.test.json", [42.0, None])  # an empty bucket is left out of the mean
+    write("short-seed1.valid.json", [1.0, 1.0])  # valid: not in the by-length table
+    text = experiment.seed_table("d")
+    assert "| row | 1-12 (5) | 13-99 (3) | seeds |" in text
+    assert "| short | 41.0 ± 1.4 | 10.0 | 2 |" in text
+    write("short-seed3.test.json", [1.0, 1.0], sentences=(4, 4))
+    with pytest.raises(experiment.ExperimentError, match="length_buckets differ between runs"):
+        experiment.seed_table("d")
