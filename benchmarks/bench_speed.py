@@ -41,8 +41,8 @@ SETTINGS = {
     "rk4-dt/5": ["--floater-method", "rk4"],  # step DT/5: the paper's setting, the reference solve
     "rk4-dt": ["--floater-method", "rk4", "--floater-step-size", "0.1"],
     "midpoint-dt": ["--floater-method", "midpoint", "--floater-step-size", "0.1"],
-    "parallel": ["--floater-method", "parallel"],  # grid DT/5: the default (dissipative dynamics)
-    "parallel-dt/10": ["--floater-method", "parallel", "--floater-step-size", "0.01"],
+    "parallel": ["--floater-method", "parallel"],  # grid DT/10: the default (dissipative dynamics)
+    "parallel-dt/5": ["--floater-method", "parallel", "--floater-step-size", "0.02"],
     "input": ["--pos-blocks", "input"],  # FLOATER at the input only, default solver
 }
 

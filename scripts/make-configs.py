@@ -84,6 +84,9 @@ ROWS = {
     "floater-all-scratch": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "paper"},
     "floater-input": {"pos-encoder": "floater", "pos-blocks": "input", "floater-dynamics": "paper"},
     "floater-all-dissipative": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "dissipative"},
+    # the same model trained with the parallel solve on the grid DT/5 (its default until 2026-11-26)
+    "floater-all-dissipative-dt5": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "dissipative",
+                                    "floater-method": "parallel", "floater-step-size": 0.02},
     # the same model trained with the reference solver (rk4 at DT/5) instead of the default parallel solve
     "floater-all-dissipative-rk4": {"pos-encoder": "floater", "pos-blocks": "all", "floater-dynamics": "dissipative",
                                     "floater-method": "rk4"},

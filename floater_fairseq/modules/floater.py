@@ -18,7 +18,7 @@ from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from ..options import (FIXED_GRID_METHODS, ODE_METHODS, PARALLEL_METHODS, add_options, default, default_method,
-                       fill_defaults)
+                       default_step_size, fill_defaults)
 from . import parallel_solve
 from .position_aware_layers import AttentionPositions, LayerPositions, rows_at
 from .position_encoder import SIDES, AbsolutePositionEncoder, register_position_encoder
@@ -199,7 +199,7 @@ class FloaterPositionSignal(nn.Module):
             raise ValueError(
                 f"FLOATER: unknown --floater-method {method!r}; choose one of {', '.join(ODE_METHODS)}"
             )
-        step_size = dt / 5 if step_size is None else step_size
+        step_size = default_step_size(method, dt) if step_size is None else step_size
         if method in FIXED_GRID_METHODS + PARALLEL_METHODS and not step_size > 0:
             raise ValueError(f"FLOATER: --floater-step-size must be > 0, got {step_size}")
         if method in PARALLEL_METHODS:
@@ -413,6 +413,8 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
         fill_defaults(args, "floater")
         if args.floater_method is None:  # recorded in the checkpoint as the method it ran
             args.floater_method = default_method(args.floater_dynamics)
+        if args.floater_step_size is None:  # likewise the step
+            args.floater_step_size = default_step_size(args.floater_method, args.floater_dt)
 
     @classmethod
     def configure(cls, args, cfg):

@@ -189,6 +189,8 @@ def test_solver_and_activation_defaults_follow_the_dynamics_and_saved_args_keep_
         model, _, args = build_model(extra=extra)
         signal = model.position_encoder.signal
         assert (args.floater_method, signal.method) == (method, method), extra  # recorded as run
+        step = args.floater_dt / (10 if method == "parallel" else 5)
+        assert args.floater_step_size == pytest.approx(step) and signal.step_size == pytest.approx(step), extra
         assert args.floater_activation == activation, extra
         if args.floater_dynamics != "paper":
             assert signal.dynamics.activation == activation, extra
