@@ -44,7 +44,17 @@ SETTINGS = {
     "parallel": ["--floater-method", "parallel"],  # grid DT/10: the default (dissipative dynamics)
     "parallel-dt/5": ["--floater-method", "parallel", "--floater-step-size", "0.02"],
     "input": ["--pos-blocks", "input"],  # FLOATER at the input only, default solver
+    # FLOATER-all with its solve replaced by p(0) at every position: the cost of everything but the solve
+    "no-solve": [],
 }
+
+
+def build_floater(arch_suffix, flags, setting, dictionary):
+    model = build("floater_" + arch_suffix, flags + SETTINGS[setting], dictionary)
+    if setting == "no-solve":
+        signal = model.position_encoder.signal
+        signal.solve = lambda n: signal.initial_values.unsqueeze(0).expand(n, *signal.initial_values.shape)
+    return model
 
 
 def build(arch, flags, dictionary, seed=0):
@@ -117,7 +127,7 @@ def op_counts(size, settings, lengths, dictionary, sentences=8):
     vs 1,082 vanilla for 2 vs 8 sentences of 100 tokens; use fewer at long lengths to save memory.)"""
     arch_suffix, flags = SIZES[size]
     vanilla = build(arch_suffix, flags, dictionary)
-    floaters = {setting: build("floater_" + arch_suffix, flags + SETTINGS[setting], dictionary) for setting in settings}
+    floaters = {setting: build_floater(arch_suffix, flags, setting, dictionary) for setting in settings}
     rows = []
     for length in lengths:
         batch = make_batches(dictionary, sentences * length, length, 1, seed=3)[0]
@@ -135,7 +145,7 @@ def timed(fn, *args):
 def compare_times(size, setting, args, dictionary):
     arch_suffix, flags = SIZES[size]
     models = {"vanilla": build(arch_suffix, flags, dictionary),
-              "floater": build("floater_" + arch_suffix, flags + SETTINGS[setting], dictionary)}
+              "floater": build_floater(arch_suffix, flags, setting, dictionary)}
     optimizers = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
     times = {(phase, k): [] for phase in ("train", "generate") for k in models}
     for i, batch in enumerate(make_batches(dictionary, args.max_tokens, args.mean_len, args.train_reps + 1, seed=1)):
@@ -165,8 +175,8 @@ def _peak_step_memory(size, setting, max_tokens, mean_len, vocab, threads):
     torch.set_num_threads(threads)
     dictionary = make_dictionary(vocab)
     arch_suffix, flags = SIZES[size]
-    model = build(arch_suffix if setting is None else "floater_" + arch_suffix,
-                  flags + ([] if setting is None else SETTINGS[setting]), dictionary)
+    model = build(arch_suffix, flags, dictionary) if setting is None else \
+        build_floater(arch_suffix, flags, setting, dictionary)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     batches = make_batches(dictionary, max_tokens, mean_len, 2, seed=1)
     train_step(model, optimizer, batches[0])  # optimizer state exists before the measured step

@@ -29,10 +29,12 @@ def test_op_counter_sees_rk4_grow_with_length_and_parallel_not():
                                                  "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
                                                  "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"])
     try:
-        rows = bench_speed.op_counts("tiny", ["rk4-dt", "parallel"], [10, 40], dictionary, sentences=2)
+        rows = bench_speed.op_counts("tiny", ["rk4-dt", "parallel", "no-solve"], [10, 40], dictionary, sentences=2)
     finally:
         del bench_speed.SIZES["tiny"]
     (_, _, short), (_, _, long) = rows
     assert long["rk4-dt"] > 3 * short["rk4-dt"] > 0
     assert abs(long["parallel"] - short["parallel"]) < 0.2 * short["parallel"]
     assert long["parallel"] < long["rk4-dt"] / 5
+    # without the solve, FLOATER-all's extra ops (the q/k/v biases) hardly depend on the length (67 vs 68)
+    assert 0 < long["no-solve"] < short["parallel"] and abs(long["no-solve"] - short["no-solve"]) <= 2
