@@ -81,3 +81,20 @@ def test_bad_configs_name_the_problem(tmp_path, text, message, capsys):
         load(str(path))
     assert main([str(path), "train-args"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_issue16_queue_names_existing_configs_and_warm_start_sources():
+    """scripts/run-queue.sh stops at a line without its config: a typo would halt the long runs."""
+    seen = set()
+    with open(os.path.join(REPO, "configs", "queue-issue16.txt"), encoding="utf-8") as f:
+        for line in f:
+            if not line.strip() or line.startswith("#"):
+                continue
+            row, seed, *rest = line.split()
+            dataset = rest[0] if rest else "multi30k-de-en"
+            assert os.path.isfile(os.path.join(REPO, "configs", dataset, f"{row}.yaml")), line
+            assert seed.isdigit() and (len(rest) < 2 or rest[1].isdigit()), line
+            if "--warm-start-from" in rest:  # the source run is queued before it
+                source = rest[rest.index("--warm-start-from") + 1].rsplit("/", 1)[-1]
+                assert source in seen, line
+            seen.add(f"{row}-seed{seed}")
