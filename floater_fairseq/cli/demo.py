@@ -227,7 +227,7 @@ def main(argv=None):
           f"test buckets up to {4 * cfg['max_len']} words", flush=True)
     buckets = make_data(args.out, cfg)
     results, started = dict(kept), time.time()
-    started_at = time.strftime("%Y-%m-%d %H:%M")
+    started_at = time.strftime("%Y-%m-%d %H:%M:%S")  # to the second: a --rerun within a minute is a separate run
     for i, (label, flags) in enumerate(systems):
         for seed in seeds:
             print(f"[2/3] {label} ({i + 1}/{len(systems)}), seed {seed}, {cfg['epochs']} epochs", flush=True)
