@@ -17,7 +17,9 @@ FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_ad
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 # ours (modules/parallel_solve.py): a parallel-in-time solve on the fixed grid of --floater-step-size
 PARALLEL_METHODS = ("parallel",)
-ODE_METHODS = FIXED_GRID_METHODS + ADAPTIVE_METHODS + PARALLEL_METHODS
+# ours: chosen per device at solve time (see solver_for_device)
+AUTO_METHODS = ("auto",)
+ODE_METHODS = FIXED_GRID_METHODS + ADAPTIVE_METHODS + PARALLEL_METHODS + AUTO_METHODS
 POSITION_BLOCKS = ("all", "input")
 SELF_ATTENTION_KINDS = ("softmax", "kernelized-rpe")
 BASES = ("gaussian", "triangle", "impulse", "square", "rff")
@@ -69,9 +71,10 @@ _OPTIONS = [
     # FLOATER (modules/floater.py); the memory LM reads the solver ones too
     Option("floater", "--floater-dt", 0.1, "time between consecutive positions, t_i = i*DT (the paper's "
            "0.1; the authors' code used 0.01)", float, bounds=(0, INF, False), metavar="DT"),
-    Option("floater", "--floater-method", None, "torchdiffeq solver, or parallel: our parallel-in-time solve "
-           "of dissipative dynamics (few kernel launches at any length); None: parallel for dissipative "
-           "dynamics, rk4 for the others (see default_method)", choices=ODE_METHODS),
+    Option("floater", "--floater-method", None, "torchdiffeq solver; parallel: our parallel-in-time solve "
+           "of dissipative dynamics (few kernel launches at any length); auto: parallel on accelerators, "
+           "rk4 on a CPU, chosen at solve time by the device (see solver_for_device); None: auto for "
+           "dissipative dynamics, rk4 for the others", choices=ODE_METHODS),
     Option("floater", "--floater-dynamics", "dissipative", "h: paper (the paper's MLP of t and p, unbounded), "
            "dissipative (-gamma p + tanh(u): |p| bounded) or rotation (skew-symmetric: |p| constant; "
            "starts as the sinusoid at --pos-blocks input); the bounded ones see t through sin/cos features",
@@ -85,7 +88,7 @@ _OPTIONS = [
                        "floater_parallel_tol", "floater_rtol", "floater_atol", "floater_adjoint",
                        "floater_hidden_dim", "floater_init_std")),
     Option("floater", "--floater-step-size", None, "step of fixed-grid solvers (None: DT/10 for --floater-method "
-           "parallel, DT/5 (the paper's setting) for the others); above DT, positions between grid points are "
+           "parallel, DT/5 (the paper's setting) for the others; auto: DT/10 on accelerators, DT/2 on a CPU); above DT, positions between grid points are "
            "interpolated linearly (torchdiffeq)", float, bounds=(0, INF, False), metavar="H"),
     Option("floater", "--floater-parallel-tol", 1e-6, "--floater-method parallel: stop iterating when no "
            "value changes by more than this, relative to the largest value", float, bounds=(0, 1, False)),
@@ -144,9 +147,9 @@ def default(name: str):
 
 
 def default_method(dynamics: str) -> str:
-    """--floater-method when not given: the parallel solve where it applies (dissipative dynamics:
-    it meets rk4 DT/5's accuracy with ~1/70 of its kernel launches, docs/results.md), else rk4."""
-    return "parallel" if dynamics == "dissipative" else "rk4"
+    """--floater-method when not given: auto where the parallel solve applies (dissipative
+    dynamics), else rk4 (the paper's)."""
+    return "auto" if dynamics == "dissipative" else "rk4"
 
 
 def default_step_size(method: str, dt: float) -> float:
@@ -155,6 +158,20 @@ def default_step_size(method: str, dt: float) -> float:
     at DT/5 (over the 1e-4 target) and 1.2e-5 at DT/10, for the same kernel launches
     (docs/results.md#speed)."""
     return dt / 10 if method in PARALLEL_METHODS else dt / 5
+
+
+def solver_for_device(method: str, step_size: Optional[float], dt: float, device_type: str):
+    """(method, step) that a solve on ``device_type`` runs. ``auto``: the parallel solve on
+    accelerators, where kernel launches dominate (~1/70 of rk4 DT/5's, docs/results.md#speed); rk4
+    on a CPU, where arithmetic does (the parallel solve does ~10x rk4's), at DT/2: the coarsest rk4
+    step measured to meet the accuracy targets on trained dynamics (table <= 8.3e-5, gradients
+    <= 2.8e-5 against rk4 DT/5). Both reach the same solution to that accuracy, so a model may be
+    trained on one device and decoded on the other. Other methods run as given."""
+    if method in AUTO_METHODS:
+        method = "rk4" if device_type == "cpu" else "parallel"
+        if step_size is None:
+            return method, dt / 2 if method == "rk4" else dt / 10
+    return method, default_step_size(method, dt) if step_size is None else step_size
 
 
 def add_options(parser, group: str, **choices):

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from ..options import (FIXED_GRID_METHODS, ODE_METHODS, PARALLEL_METHODS, add_options, default, default_method,
-                       default_step_size, fill_defaults)
+from ..options import (AUTO_METHODS, FIXED_GRID_METHODS, ODE_METHODS, PARALLEL_METHODS, add_options, default,
+                       default_method, default_step_size, fill_defaults, solver_for_device)
 from . import parallel_solve
 from .position_aware_layers import AttentionPositions, LayerPositions, rows_at
 from .position_encoder import SIDES, AbsolutePositionEncoder, register_position_encoder
@@ -199,19 +199,23 @@ class FloaterPositionSignal(nn.Module):
             raise ValueError(
                 f"FLOATER: unknown --floater-method {method!r}; choose one of {', '.join(ODE_METHODS)}"
             )
-        step_size = default_step_size(method, dt) if step_size is None else step_size
-        if method in FIXED_GRID_METHODS + PARALLEL_METHODS and not step_size > 0:
+        if method not in AUTO_METHODS and step_size is None:
+            step_size = default_step_size(method, dt)  # auto: per device, at solve time
+        if method in FIXED_GRID_METHODS + PARALLEL_METHODS + AUTO_METHODS and step_size is not None \
+                and not step_size > 0:
             raise ValueError(f"FLOATER: --floater-step-size must be > 0, got {step_size}")
-        if method in PARALLEL_METHODS:
+        if method in PARALLEL_METHODS + AUTO_METHODS:
             if dynamics != "dissipative":
-                raise ValueError(f"FLOATER: --floater-method parallel integrates the decay of dissipative dynamics "
-                                 f"exactly and has no such part to use in --floater-dynamics {dynamics}; use "
-                                 f"--floater-dynamics dissipative, or a torchdiffeq method such as rk4")
+                raise ValueError(f"FLOATER: --floater-method {method} uses the parallel solve, which integrates the "
+                                 f"decay of dissipative dynamics exactly and has no such part to use in "
+                                 f"--floater-dynamics {dynamics}; use --floater-dynamics dissipative, or a "
+                                 f"torchdiffeq method such as rk4")
             if adjoint:
-                raise ValueError("FLOATER: --floater-adjoint applies to torchdiffeq's methods; --floater-method "
-                                 "parallel differentiates its fixed point implicitly (drop --floater-adjoint)")
-            if step_size > dt or abs(dt / step_size - round(dt / step_size)) > 1e-6:
-                raise ValueError(f"FLOATER: --floater-method parallel needs positions on its grid: "
+                raise ValueError(f"FLOATER: --floater-adjoint applies to torchdiffeq's methods; --floater-method "
+                                 f"{method} may use the parallel solve, which differentiates its fixed point "
+                                 f"implicitly (drop --floater-adjoint, or use e.g. --floater-method rk4)")
+            if step_size is not None and (step_size > dt or abs(dt / step_size - round(dt / step_size)) > 1e-6):
+                raise ValueError(f"FLOATER: --floater-method {method} needs positions on the parallel solve's grid: "
                                  f"--floater-step-size ({step_size}) must divide --floater-dt ({dt}); for "
                                  f"other steps use a torchdiffeq method, e.g. --floater-method rk4")
         self.dim = dim
@@ -247,15 +251,22 @@ class FloaterPositionSignal(nn.Module):
             f"method={self.method}, step_size={self.step_size}, adjoint={self.adjoint}"
         )
 
+    def solver(self, device: torch.device):
+        """(method, step) that a solve on ``device`` runs (``auto`` resolved; options.solver_for_device)."""
+        return solver_for_device(self.method, self.step_size, self.dt, device.type)
+
     def _integrate(self, y0: torch.Tensor, first_index: int, last_index: int) -> torch.Tensor:
         """p(t_i) for i in [first_index, last_index], starting from y0 = p(t_first)."""
         t = torch.arange(first_index, last_index + 1, device=y0.device, dtype=y0.dtype)
         t = t * self.dt
         if t.numel() == 1:
             return y0.unsqueeze(0)
-        solution = self._integrate_parallel(y0, first_index, t.numel()) if self.method in PARALLEL_METHODS else None
+        method, step_size = self.solver(y0.device)
+        solution = None
+        if method in PARALLEL_METHODS:
+            solution = self._integrate_parallel(y0, first_index, t.numel(), step_size)
         if solution is None:
-            solution = self._integrate_sequential(y0, t)
+            solution = self._integrate_sequential(y0, t, method, step_size)
         if not torch.isfinite(solution).all():
             raise FloaterNumericalError(
                 "FLOATER: the position ODE produced NaN/Inf between t=%g and t=%g. The dynamics "
@@ -265,11 +276,11 @@ class FloaterPositionSignal(nn.Module):
             )
         return solution
 
-    def _integrate_sequential(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _integrate_sequential(self, y0: torch.Tensor, t: torch.Tensor, method: str, step_size: float) -> torch.Tensor:
         # torchdiffeq; --floater-method parallel falls back to rk4 on its own grid
-        kwargs = {"method": "rk4" if self.method in PARALLEL_METHODS else self.method}
-        if self.method in FIXED_GRID_METHODS + PARALLEL_METHODS:
-            kwargs["options"] = {"step_size": self.step_size}
+        kwargs = {"method": "rk4" if method in PARALLEL_METHODS else method}
+        if method in FIXED_GRID_METHODS + PARALLEL_METHODS:
+            kwargs["options"] = {"step_size": step_size}
         else:
             kwargs.update(rtol=self.rtol, atol=self.atol)
         self.num_solves += 1
@@ -278,10 +289,11 @@ class FloaterPositionSignal(nn.Module):
                 return odeint_adjoint(self.dynamics, y0, t, adjoint_params=tuple(self.dynamics.parameters()), **kwargs)
             return odeint(self.dynamics, y0, t, **kwargs)
 
-    def _integrate_parallel(self, y0: torch.Tensor, first_index: int, count: int) -> Optional[torch.Tensor]:
+    def _integrate_parallel(self, y0: torch.Tensor, first_index: int, count: int,
+                            step_size: float) -> Optional[torch.Tensor]:
         """None where the parallel solve does not apply: spans of fewer grid points than its
         interpolation stencil, or no convergence in MAX_ITERATIONS (warned once)."""
-        substeps = round(self.dt / self.step_size)
+        substeps = round(self.dt / step_size)
         if (count - 1) * substeps + 1 < parallel_solve.STENCIL:
             return None
         self.num_solves += 1
@@ -320,7 +332,7 @@ class FloaterPositionSignal(nn.Module):
             # Grow geometrically so that a stream of ever longer inputs costs O(n) in total.
             new_length = max(length, 2 * self._cache.size(0))
             last = self._cache.size(0) - 1
-            if self.method in PARALLEL_METHODS:
+            if self.solver(self._cache.device)[0] in PARALLEL_METHODS:
                 # its solution up to a time does not depend on later times (causal stencils): a longer
                 # solve from 0 extends the cache, as continuing rk4 from the last point does for rk4
                 extension = self.solve(new_length)[last:]
@@ -413,7 +425,7 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
         fill_defaults(args, "floater")
         if args.floater_method is None:  # recorded in the checkpoint as the method it ran
             args.floater_method = default_method(args.floater_dynamics)
-        if args.floater_step_size is None:  # likewise the step
+        if args.floater_step_size is None and args.floater_method not in AUTO_METHODS:  # likewise the step
             args.floater_step_size = default_step_size(args.floater_method, args.floater_dt)
 
     @classmethod

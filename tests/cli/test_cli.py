@@ -208,7 +208,7 @@ def test_migrate_takes_the_targets_floater_settings_not_the_sources(vanilla_chec
     default = migrate_state(state)
     model = default["cfg"]["model"]
     assert (model.floater_dynamics, model.floater_method, model.floater_activation, model.floater_dt) == (
-        "dissipative", "parallel", "softplus", 0.1)
+        "dissipative", "auto", "softplus", 0.1)
     assert dynamics + "rho" in default["model"]
 
 

@@ -182,15 +182,22 @@ def test_solver_and_activation_defaults_follow_the_dynamics_and_saved_args_keep_
     import argparse
 
     from floater_fairseq.modules.floater import FloaterPositionEncoder
-    cases = [([], "parallel", "softplus"), (["--floater-dynamics", "dissipative"], "parallel", "softplus"),
+    cases = [([], "auto", "softplus"), (["--floater-dynamics", "dissipative"], "auto", "softplus"),
              (["--floater-dynamics", "paper"], "rk4", "softplus"), (["--floater-dynamics", "rotation"], "rk4", "softplus"),
-             (["--floater-method", "rk4"], "rk4", "softplus"), (["--floater-activation", "relu"], "parallel", "relu")]
+             (["--floater-method", "rk4"], "rk4", "softplus"), (["--floater-method", "parallel"], "parallel", "softplus"),
+             (["--floater-activation", "relu"], "auto", "relu")]
     for extra, method, activation in cases:
         model, _, args = build_model(extra=extra)
         signal = model.position_encoder.signal
         assert (args.floater_method, signal.method) == (method, method), extra  # recorded as run
-        step = args.floater_dt / (10 if method == "parallel" else 5)
-        assert args.floater_step_size == pytest.approx(step) and signal.step_size == pytest.approx(step), extra
+        if method == "auto":  # the step is chosen with the solver, per device
+            assert args.floater_step_size is None and signal.step_size is None, extra
+            assert signal.solver(torch.device("cpu")) == ("rk4", pytest.approx(args.floater_dt / 2)), extra
+            assert signal.solver(torch.device("cuda")) == ("parallel", pytest.approx(args.floater_dt / 10)), extra
+        else:
+            step = args.floater_dt / (10 if method == "parallel" else 5)
+            assert args.floater_step_size == pytest.approx(step) and signal.step_size == pytest.approx(step), extra
+            assert signal.solver(torch.device("cpu")) == (method, pytest.approx(step)), extra
         assert args.floater_activation == activation, extra
         if args.floater_dynamics != "paper":
             assert signal.dynamics.activation == activation, extra

@@ -1,7 +1,7 @@
 """--floater-method parallel (modules/parallel_solve.py): exact where the answer is known, converges
 to the ODE's solution as its grid is refined, differentiates its own fixed point exactly, extends
 the inference cache seamlessly, falls back to rk4 (with a warning) where it cannot converge, and
-refuses settings it cannot honour."""
+refuses settings it cannot honour; --floater-method auto runs it on accelerators and rk4 on a CPU."""
 import warnings
 
 import pytest
@@ -111,8 +111,20 @@ def test_short_spans_and_non_convergence_fall_back_to_rk4():
     ({"dynamics": "dissipative", "step_size": 0.03}, "must divide --floater-dt"),
 ])
 def test_settings_it_cannot_honour_are_refused(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        FloaterPositionSignal(2, 4, method="parallel", **kwargs)
+    for method in ("parallel", "auto"):  # auto may run the parallel solve (on accelerators)
+        with pytest.raises(ValueError, match=message):
+            FloaterPositionSignal(2, 4, method=method, **kwargs)
+
+
+def test_auto_runs_rk4_at_half_dt_on_a_cpu_and_the_parallel_solve_elsewhere():
+    auto, rk4 = signal("auto"), signal("rk4", step_size=0.05)
+    assert auto.solver(torch.device("cpu")) == ("rk4", 0.05)
+    assert auto.solver(torch.device("cuda")) == ("parallel", pytest.approx(0.01))
+    assert signal("auto", step_size=0.02).solver(torch.device("cuda")) == ("parallel", 0.02)  # a given step holds
+    assert torch.equal(auto.solve(30), rk4.solve(30))  # the CPU's half: rk4 at DT/2, bit for bit
+    # the accelerator's half, on this CPU: both halves solve the same ODE, to the accuracy targets
+    parallel = signal("parallel")
+    torch.testing.assert_close(auto.solve(30), parallel.solve(30), rtol=0, atol=1e-4 * float(parallel.solve(30).abs().max()))
 
 
 def test_a_longer_solve_extends_a_shorter_one():
