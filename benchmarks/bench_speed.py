@@ -9,7 +9,7 @@ For each size and FLOATER solver setting, against the vanilla model, in one run:
     (the kernel launches that dominate on accelerators; ``--ops`` shows them against length).
 Absolute times are printed only with ``--absolute`` (they mean little on a shared CPU).
 
-    python -m benchmarks.bench_speed --sizes small,iwslt --settings rk4-dt/5,parallel
+    python -m benchmarks.bench_speed --sizes small,iwslt --settings default,parallel
     python -m benchmarks.bench_speed --ops 50,100,200,400,1000 --sizes iwslt --settings rk4-dt/5,parallel
 """
 import argparse
@@ -41,7 +41,9 @@ SETTINGS = {
     "rk4-dt/5": ["--floater-method", "rk4"],  # step DT/5: the paper's setting, the reference solve
     "rk4-dt": ["--floater-method", "rk4", "--floater-step-size", "0.1"],
     "midpoint-dt": ["--floater-method", "midpoint", "--floater-step-size", "0.1"],
-    "parallel": ["--floater-method", "parallel"],  # grid DT/10: the default (dissipative dynamics)
+    "default": [],  # --floater-method auto: on a CPU rk4 at DT/2, on accelerators "parallel"
+    "rk4-dt/2": ["--floater-method", "rk4", "--floater-step-size", "0.05"],
+    "parallel": ["--floater-method", "parallel"],  # grid DT/10: what the default runs on accelerators
     "parallel-dt/5": ["--floater-method", "parallel", "--floater-step-size", "0.02"],
     "input": ["--pos-blocks", "input"],  # FLOATER at the input only, default solver
     # FLOATER-all with its solve replaced by p(0) at every position: the cost of everything but the solve
@@ -222,7 +224,7 @@ def machine() -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="small,iwslt")
-    parser.add_argument("--settings", default="rk4-dt/5,parallel", help=f"of {', '.join(SETTINGS)}")
+    parser.add_argument("--settings", default="default,parallel", help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--gen-tokens", type=int, default=600, help="source tokens per generation batch")
     parser.add_argument("--mean-len", type=int, default=27, help="mean sentence length in tokens")
