@@ -31,7 +31,8 @@ def test_checked_in_configs_equal_the_generator_output():
     datasets = {"multi30k-de-en", "multi30k-de-en-src12", "iwslt14-de-en", "wmt14-en-de-base", "wmt14-en-de-big", "wmt14-en-fr-base", "wmt14-en-fr-big"}
     assert set(make.DATASETS) == datasets
     assert TABLE2_ROWS | {"none", "shifted-basis-gaussian", "rope", "alibi", "kernelized-rpe",
-                          "floater-all-dissipative", "floater-all-dissipative-dt5", "floater-all-dissipative-rk4", "floater-all-scratch"} == set(make.ROWS)
+                          "floater-all-dissipative", "floater-all-dissipative-dt5", "floater-all-dissipative-rk4",
+                          "floater-all-dissipative-parallel", "floater-all-scratch"} == set(make.ROWS)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, os.path.join(REPO, "configs")) for p in CONFIGS])

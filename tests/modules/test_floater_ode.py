@@ -6,7 +6,7 @@ import torch
 from torchdiffeq._impl.odeint import SOLVERS
 
 from fairseq.modules.sinusoidal_positional_embedding import SinusoidalPositionalEmbedding
-from floater_fairseq.options import ODE_METHODS, PARALLEL_METHODS
+from floater_fairseq.options import AUTO_METHODS, ODE_METHODS, PARALLEL_METHODS
 import functools
 
 from floater_fairseq.modules.floater import FloaterNumericalError
@@ -218,7 +218,7 @@ def test_bad_settings_raise_clear_errors(kwargs, message):
 
 
 def test_method_names_are_torchdiffeq_solvers_or_ours():
-    assert set(ODE_METHODS) - set(PARALLEL_METHODS) <= set(SOLVERS)
+    assert set(ODE_METHODS) - set(PARALLEL_METHODS) - set(AUTO_METHODS) <= set(SOLVERS)
 
 
 def test_single_position_and_fp32_state_for_half_parameters():
