@@ -88,8 +88,8 @@ _OPTIONS = [
                        "floater_parallel_tol", "floater_rtol", "floater_atol", "floater_adjoint",
                        "floater_hidden_dim", "floater_init_std")),
     Option("floater", "--floater-step-size", None, "step of fixed-grid solvers (None: DT/10 for --floater-method "
-           "parallel, DT/5 (the paper's setting) for the others; auto: DT/10 on accelerators, DT/2 on a CPU); above DT, positions between grid points are "
-           "interpolated linearly (torchdiffeq)", float, bounds=(0, INF, False), metavar="H"),
+           "parallel, DT/5 (the paper's setting) for the others; auto: DT/10 on accelerators, DT/2 on a CPU); "
+           "above DT, positions between grid points are interpolated linearly (torchdiffeq)", float, bounds=(0, INF, False), metavar="H"),
     Option("floater", "--floater-parallel-tol", 1e-6, "--floater-method parallel: stop iterating when no "
            "value changes by more than this, relative to the largest value", float, bounds=(0, 1, False)),
     Option("floater", "--floater-rtol", 1e-4, "rtol of adaptive solvers", float, bounds=(0, 1, False)),
@@ -161,17 +161,18 @@ def default_step_size(method: str, dt: float) -> float:
 
 
 def solver_for_device(method: str, step_size: Optional[float], dt: float, device_type: str):
-    """(method, step) that a solve on ``device_type`` runs. ``auto``: the parallel solve on
-    accelerators, where kernel launches dominate (~1/70 of rk4 DT/5's, docs/results.md#speed); rk4
-    on a CPU, where arithmetic does (the parallel solve does ~10x rk4's), at DT/2: the coarsest rk4
-    step measured to meet the accuracy targets on trained dynamics (table <= 8.3e-5, gradients
-    <= 2.8e-5 against rk4 DT/5). Both reach the same solution to that accuracy, so a model may be
-    trained on one device and decoded on the other. Other methods run as given."""
+    """(method, step) that a solve on ``device_type`` runs. ``auto``: the parallel solve (DT/10) on
+    accelerators, where kernel launches dominate (~1/75 of rk4 DT/5's, docs/results.md#speed); rk4
+    at DT/2 on a CPU, where arithmetic does (the parallel solve costs 6-8x as much there): the
+    coarsest rk4 step measured to meet the accuracy targets on trained dynamics (table <= 8.3e-5,
+    gradients <= 3.5e-5 against rk4 DT/5). Both reach the same solution to that accuracy, so a model
+    may be trained on one device and decoded on the other. Other methods run as given."""
     if method in AUTO_METHODS:
         method = "rk4" if device_type == "cpu" else "parallel"
-        if step_size is None:
-            return method, dt / 2 if method == "rk4" else dt / 10
-    return method, default_step_size(method, dt) if step_size is None else step_size
+        default_step = dt / 2 if method == "rk4" else dt / 10
+    else:
+        default_step = default_step_size(method, dt)
+    return method, default_step if step_size is None else step_size
 
 
 def add_options(parser, group: str, **choices):
