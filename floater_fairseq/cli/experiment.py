@@ -12,7 +12,9 @@ train: fairseq-train with --user-dir and every flag of the config, --save-dir
 checkpoints/DATASET/ROW (or $CHECKPOINT_ROOT/DATASET/ROW); a re-run resumes from checkpoint_last.
 A config with ``warm_start`` (the paper's protocol, App. B.2) first trains its ``from`` row if
 needed, migrates that checkpoint exactly into FLOATER, and fine-tunes with lr x lr_scale,
-max_epoch epochs and fresh optimizer, scheduler, data loader and meters.
+max_epoch epochs and fresh optimizer, scheduler, data loader and meters. A row without FLOATER
+(sinusoidal-input-continued) fine-tunes the source's checkpoint unchanged: the protocol's control,
+the same extra training without the new encoder.
 
 evaluate: averages the last N epoch checkpoints with fairseq's averaging script, decodes the test
 set with the config's beam and lenpen (subwords removed), scores with sacreBLEU against the raw
@@ -33,6 +35,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -142,10 +145,13 @@ def warm_start_flags(config_path, config, save_dir, flags, extra, source_dir=Non
         train(source_config, source_extra)
     initial = os.path.join(save_dir, "warm_start.pt")
     if not os.path.exists(initial):
-        # the target row's FLOATER settings (e.g. the paper's dynamics), not the source run's
-        floater = train_args({"train": {k: v for k, v in config["train"].items() if k.startswith("floater-")}})
-        run([sys.executable, "-m", "floater_fairseq.cli.migrate", os.path.join(source_dir, "checkpoint_last.pt"), initial,
-             *floater])
+        source = os.path.join(source_dir, "checkpoint_last.pt")
+        if config["train"].get("pos-encoder") == "floater":
+            # the target row's FLOATER settings (e.g. the paper's dynamics), not the source run's
+            floater = train_args({"train": {k: v for k, v in config["train"].items() if k.startswith("floater-")}})
+            run([sys.executable, "-m", "floater_fairseq.cli.migrate", source, initial, *floater])
+        else:  # the protocol's control: the same fine-tuning of the unchanged model
+            shutil.copyfile(source, initial)
     lr = float(config["train"]["lr"]) * float(config["warm_start"].get("lr_scale", 0.5))
     flags = flags + ["--restore-file", initial, "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader",
                      "--reset-meters", "--lr", str(lr)]

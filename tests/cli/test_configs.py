@@ -32,7 +32,7 @@ def test_checked_in_configs_equal_the_generator_output():
     assert set(make.DATASETS) == datasets
     assert TABLE2_ROWS | {"none", "shifted-basis-gaussian", "rope", "alibi", "kernelized-rpe",
                           "floater-all-dissipative", "floater-all-dissipative-dt5", "floater-all-dissipative-rk4",
-                          "floater-all-dissipative-parallel", "floater-all-scratch"} == set(make.ROWS)
+                          "floater-all-dissipative-parallel", "floater-all-scratch", "sinusoidal-input-continued"} == set(make.ROWS)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, os.path.join(REPO, "configs")) for p in CONFIGS])

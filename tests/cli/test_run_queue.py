@@ -40,3 +40,23 @@ def test_warm_start_from_a_run_that_did_not_finish_is_refused(configured, tmp_pa
                      env=env, check=False)
     assert missing.returncode != 0 and "no finished training run there" in missing.stderr + missing.stdout
     assert not (tmp_path / "a" / "checkpoint_last.pt").exists()
+
+
+def test_the_warm_start_control_fine_tunes_the_unchanged_source(tmp_path):
+    """sinusoidal-input-continued: the paper's protocol without FLOATER, i.e. the source's checkpoint
+    itself (not migrated) with the same resets and the same halved learning rate."""
+    from floater_fairseq.cli import experiment
+    source = tmp_path / "sinusoidal-input-seed1"
+    source.mkdir()
+    (source / "checkpoint_last.pt").write_bytes(b"the source's weights")
+    (source / "train_time.json").write_text(json.dumps({"seconds": 1.0, "finished": True}))
+    config = {"train": {"pos-encoder": "sinusoidal", "pos-blocks": "input", "lr": 0.001},
+              "warm_start": {"from": "sinusoidal-input", "lr_scale": 0.5, "max_epoch": 5}}
+    save_dir = tmp_path / "sinusoidal-input-continued-seed1"
+    save_dir.mkdir()
+    flags = experiment.warm_start_flags(str(tmp_path / "sinusoidal-input-continued.yaml"), config, str(save_dir),
+                                        [], [], str(source))
+    assert (save_dir / "warm_start.pt").read_bytes() == b"the source's weights"
+    assert flags[flags.index("--restore-file") + 1] == str(save_dir / "warm_start.pt")
+    assert {"--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader", "--reset-meters"} <= set(flags)
+    assert float(flags[flags.index("--lr") + 1]) == 0.0005 and flags[flags.index("--max-epoch") + 1] == "5"
