@@ -9,7 +9,8 @@
 # configs/DATASET/ROW.yaml with --seed SEED --max-epoch EPOCHS into RUNS_DIR/DATASET/ROW-seedSEED
 # (default RUNS_DIR: ~/floater-runs), resuming from its checkpoint_last, then writes
 # results/DATASET/seeds/ROW-seedSEED.{test,valid}.json (checkpoint_last, the config's beam);
-# jobs whose valid result exists are skipped. THREADS (default 2) sets the CPU threads;
+# jobs whose valid result exists are skipped; with QUEUE_DATASET set, so are other datasets' jobs
+# (scripts/reproduce-table.sh DATASET --seeds QUEUE_FILE). THREADS (default 2) sets the CPU threads;
 # FLOATER_CONFIGS / FLOATER_RESULTS replace configs/ and results/ (as for reproduce-table.sh).
 set -uo pipefail
 if [ $# -lt 1 ]; then echo "usage: $0 QUEUE_FILE [RUNS_DIR]" >&2; exit 2; fi
@@ -23,6 +24,7 @@ while true; do
   while read -r row seed dataset epochs flags; do
     case "$row" in ""|\#*) continue ;; esac
     dataset=${dataset:-multi30k-de-en}
+    [ -n "${QUEUE_DATASET:-}" ] && [ "$dataset" != "$QUEUE_DATASET" ] && continue
     [ -f "$RESULTS/$dataset/seeds/$row-seed$seed.valid.json" ] && continue
     job="$row $seed $dataset ${epochs:-12} ${flags//\{runs\}/$RUNS}"; break
   done < "$QUEUE"

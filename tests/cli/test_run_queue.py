@@ -1,5 +1,6 @@
 """scripts/run-queue.sh, the seeded runs of issue 16: trains and evaluates each queued job, warm-starts
-a row from the same seed's run of its source row, and skips what is done."""
+a row from the same seed's run of its source row, and skips what is done; reproduce-table.sh --seeds
+runs one dataset's jobs of it and writes the seeded table."""
 import json
 
 import pytest
@@ -30,6 +31,15 @@ def test_run_queue_trains_evaluates_and_skips_what_is_done(configured, tmp_path)
     assert (tmp_path / "runs" / "tiny-de-en" / "sinusoidal-input-seed2" / "checkpoint_last.pt").exists()
     again = script("run-queue.sh", queue, tmp_path / "runs", env=env)
     assert "===" not in again.stdout and "queue done" in again.stdout
+    # the seeded table's command: only DATASET's jobs (the other dataset has no config: run, it would fail)
+    with open(queue, "a") as f:
+        f.write("sinusoidal-input 1 no-such-dataset 1\n")
+    table = script("reproduce-table.sh", "tiny-de-en", "--seeds", queue, tmp_path / "runs", env=env)
+    assert "===" not in table.stdout and "queue done" in table.stdout
+    text = (root / "results" / "tiny-de-en-seeds.md").read_text()
+    assert "| sinusoidal-input |" in text and "| floater-all |" in text
+    wrong = script("reproduce-table.sh", "tiny-de-en", "--seeds", env=env, check=False)
+    assert wrong.returncode == 2 and "--seeds QUEUE_FILE" in wrong.stderr
 
 
 def test_warm_start_from_a_run_that_did_not_finish_is_refused(configured, tmp_path):
