@@ -8,7 +8,8 @@
 # The file is re-read before each job, so it can be edited while this runs. A job trains
 # configs/DATASET/ROW.yaml with --seed SEED --max-epoch EPOCHS into RUNS_DIR/DATASET/ROW-seedSEED
 # (default RUNS_DIR: ~/floater-runs), resuming from its checkpoint_last, then writes
-# results/DATASET/seeds/ROW-seedSEED.{test,valid}.json (checkpoint_last, the config's beam);
+# results/DATASET/seeds/ROW-seedSEED.{test,valid}.json (checkpoint_last, the config's beam) with
+# the run's fairseq log (.train.log; resumed runs append to it) and its copy of the config (.yaml);
 # jobs whose valid result exists are skipped; with QUEUE_DATASET set, so are other datasets' jobs
 # (scripts/reproduce-table.sh DATASET --seeds QUEUE_FILE). THREADS (default 2) sets the CPU threads;
 # FLOATER_CONFIGS / FLOATER_RESULTS replace configs/ and results/ (as for reproduce-table.sh).
@@ -40,4 +41,5 @@ while true; do
     "$PYTHON" -m floater_fairseq.cli.experiment evaluate "$dir" "$CONFIGS/$dataset/$row.yaml" \
        --average-last 1 --subset $subset --output "$out.$subset.json" || exit 1
   done
+  cp "$dir/train.log" "$out.train.log" && cp "$dir/config.yaml" "$out.yaml" || exit 1
 done

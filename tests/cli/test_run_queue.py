@@ -28,6 +28,10 @@ def test_run_queue_trains_evaluates_and_skips_what_is_done(configured, tmp_path)
         for subset in ("test", "valid"):
             record = json.loads((root / "results" / "tiny-de-en" / "seeds" / f"{row}-seed2.{subset}.json").read_text())
             assert 0 <= record["bleu"] <= 100 and record["seed"] == 2
+        log = (root / "results" / "tiny-de-en" / "seeds" / f"{row}-seed2.train.log").read_text()
+        assert "done training" in log and "seed': 2" in log  # fairseq's own log of that run, with its cfg
+        assert (root / "results" / "tiny-de-en" / "seeds" / f"{row}-seed2.yaml").read_text() == (
+            root / "configs" / "tiny-de-en" / f"{row}.yaml").read_text()
     assert (tmp_path / "runs" / "tiny-de-en" / "sinusoidal-input-seed2" / "checkpoint_last.pt").exists()
     again = script("run-queue.sh", queue, tmp_path / "runs", env=env)
     assert "===" not in again.stdout and "queue done" in again.stdout
