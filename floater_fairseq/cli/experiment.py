@@ -205,16 +205,27 @@ def decode(data, checkpoint, config, subset="test", model_overrides=None):
 
 
 def training_state(save_dir: str) -> dict:
-    """Seed, updates and epoch of the run's checkpoint_last (what a result must state)."""
+    """Seed, updates, epoch and training seconds of the run's checkpoint_last (what a result must
+    state). The seconds are fairseq's own cumulative training time, which the checkpoint carries
+    across resumes (our train_time.json misses a process that was killed), less the warm start's."""
     import torch
+
+    def extra_state(path):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("extra_state") or {}
     path = os.path.join(save_dir, "checkpoint_last.pt")
     if not os.path.exists(path):
         return {}
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     cfg = state.get("cfg") or {}
-    return {"seed": cfg.get("common", {}).get("seed"),
-            "updates": state["optimizer_history"][-1]["num_updates"],
-            "epoch": state["extra_state"]["train_iterator"]["epoch"]}
+    result = {"seed": cfg.get("common", {}).get("seed"),
+              "updates": state["optimizer_history"][-1]["num_updates"],
+              "epoch": state["extra_state"]["train_iterator"]["epoch"]}
+    seconds = state["extra_state"].get("previous_training_time")
+    if seconds is not None:
+        warm_start = os.path.join(save_dir, "warm_start.pt")
+        before = extra_state(warm_start).get("previous_training_time", 0.0) if os.path.exists(warm_start) else 0.0
+        result["train_seconds"] = round(seconds - before, 1)
+    return result
 
 
 def evaluate(save_dir: str, config_path: str = None, average_last: int = None, output: str = None,
@@ -247,10 +258,10 @@ def evaluate(save_dir: str, config_path: str = None, average_last: int = None, o
               "decode_seconds": round(decode_seconds, 1)}
     if model_overrides:
         result["model_overrides"] = model_overrides
-    result.update(training_state(save_dir))
     timing = os.path.join(save_dir, "train_time.json")
-    if os.path.exists(timing):
+    if os.path.exists(timing):  # a checkpoint without fairseq's training time (not one of fairseq 0.12's)
         result["train_seconds"] = round(json.load(open(timing))["seconds"], 1)
+    result.update(training_state(save_dir))
     print(f"sacreBLEU {score.score:.2f}  ({result['signature']})")
     if evaluation.get("length_buckets"):
         result["length_buckets"] = bleu_by_source_length(data, config, subset, hyps, references,
@@ -354,9 +365,11 @@ def seed_table(dataset: str) -> str:
                      f"{updates} | {minutes} |")
     lines += _length_bucket_table(runs)
     signatures = sorted({r["signature"] for subsets in runs.values() for rs in subsets.values() for r in rs})
-    notes = ["", "a + b updates: b updates fine-tuned from the same seed's run of the warm-start row (a "
-             "updates; the paper's protocol), so the row has trained a + b updates in all; its minutes are "
-             "the fine-tuning's."] if warm else []
+    notes = ["", "train minutes: fairseq's cumulative training time (kept across resumes) on whatever machine "
+             "and load the runs had: a record, not a speed comparison (benchmarks/ measure speed)."]
+    notes += ["", "a + b updates: b updates fine-tuned from the same seed's run of the warm-start row (a "
+              "updates; the paper's protocol), so the row has trained a + b updates in all; its minutes are "
+              "the fine-tuning's."] if warm else []
     text = "\n".join(lines + notes + ["", f"sacreBLEU signature: {', '.join(signatures)}", ""])
     write_text(os.path.join(RESULTS_ROOT, f"{dataset}-seeds.md"), text)
     return text

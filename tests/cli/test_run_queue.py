@@ -74,3 +74,18 @@ def test_the_warm_start_control_fine_tunes_the_unchanged_source(tmp_path):
     assert flags[flags.index("--restore-file") + 1] == str(save_dir / "warm_start.pt")
     assert {"--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader", "--reset-meters"} <= set(flags)
     assert float(flags[flags.index("--lr") + 1]) == 0.0005 and flags[flags.index("--max-epoch") + 1] == "5"
+
+
+def test_training_time_is_fairseqs_own_less_the_warm_start(tmp_path):
+    """A run killed mid-way (the session ends) never writes train_time.json; the checkpoint still
+    carries fairseq's cumulative training time, and a warm-started run's excludes its source's."""
+    import torch
+    from floater_fairseq.cli import experiment
+
+    def checkpoint(path, seconds):
+        torch.save({"cfg": {"common": {"seed": 3}}, "optimizer_history": [{"num_updates": 7}],
+                    "extra_state": {"train_iterator": {"epoch": 2}, "previous_training_time": seconds}}, path)
+    checkpoint(tmp_path / "checkpoint_last.pt", 100.0)
+    assert experiment.training_state(str(tmp_path)) == {"seed": 3, "updates": 7, "epoch": 2, "train_seconds": 100.0}
+    checkpoint(tmp_path / "warm_start.pt", 40.0)
+    assert experiment.training_state(str(tmp_path))["train_seconds"] == 60.0
