@@ -50,6 +50,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # where configs, results and checkpoints live (environment overrides, e.g. for tests)
 CONFIG_ROOT = os.environ.get("FLOATER_CONFIGS", os.path.join(REPO, "configs"))
 RESULTS_ROOT = os.environ.get("FLOATER_RESULTS", os.path.join(REPO, "results"))
+# the row every other row of a seeded table is compared with (the paper's baseline), and the rows
+# compared with a control trained the same way instead (the warm start's 5 extra epochs)
+BASELINE_ROW = "sinusoidal-input"
+CONTROL_ROWS = {"floater-all": "sinusoidal-input-continued"}
 TABLE2_ROWS = ["floater-all", "floater-input", "sinusoidal-all", "sinusoidal-input", "learned-all", "learned-input"]
 # Table 2 of the paper (WMT14 BLEU)
 PAPER = {
@@ -363,6 +367,7 @@ def seed_table(dataset: str) -> str:
         minutes = f"{statistics.mean(minutes):.0f}" if minutes else "-"
         lines.append(f"| {row} | {cell(test) if test else '-'} | {cell(valid) if valid else '-'} | {seeds} | "
                      f"{updates} | {minutes} |")
+    lines += _comparison_table(runs, BASELINE_ROW)
     lines += _length_bucket_table(runs)
     signatures = sorted({r["signature"] for subsets in runs.values() for rs in subsets.values() for r in rs})
     notes = ["", "train minutes: fairseq's cumulative training time (kept across resumes) on whatever machine "
@@ -373,6 +378,44 @@ def seed_table(dataset: str) -> str:
     text = "\n".join(lines + notes + ["", f"sacreBLEU signature: {', '.join(signatures)}", ""])
     write_text(os.path.join(RESULTS_ROOT, f"{dataset}-seeds.md"), text)
     return text
+
+
+def separation(scores, baseline) -> str:
+    """The rule for calling a difference a result: every seed of one row scores above every seed
+    of the other (their ranges do not overlap). Under exchangeable seeds that happens by chance
+    with probability 2 / C(n + m, n): 0.10 for 3 seeds against 3."""
+    if len(scores) < 2 or len(baseline) < 2:
+        return "too few seeds"
+    if min(scores) > max(baseline):
+        return "above every seed"
+    if max(scores) < min(baseline):
+        return "below every seed"
+    return "within the spread"
+
+
+def _comparison_table(runs, baseline_row) -> list:
+    """Every row's mean BLEU minus its baseline's (baseline_row, or the row's control in
+    CONTROL_ROWS once that has results), per subset, with the separation verdict."""
+    import math
+    import statistics
+    if baseline_row not in runs or len(runs) < 2:
+        return []
+    lines = ["", "Against the baseline (difference of the means; a difference is a result only where every "
+             "seed of one row is above every seed of the other: by chance, with 3 seeds against 3, that happens "
+             f"with probability 2 / C(6, 3) = {2 / math.comb(6, 3):.2f}):", "",
+             "| row | against | test | valid |", "|---|---|---|---|"]
+    for row, subsets in runs.items():
+        against = CONTROL_ROWS.get(row) if CONTROL_ROWS.get(row) in runs else baseline_row
+        if row == baseline_row:
+            continue
+        cells = []
+        for subset in ("test", "valid"):
+            scores = [r["bleu"] for r in subsets.get(subset, [])]
+            reference = [r["bleu"] for r in runs[against].get(subset, [])]
+            cells.append(f"{statistics.mean(scores) - statistics.mean(reference):+.2f}, "
+                         f"{separation(scores, reference)}" if scores and reference else "-")
+        lines.append(f"| {row} | {against} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _length_bucket_table(runs) -> list:

@@ -180,3 +180,29 @@ def test_seed_table_reports_bleu_by_source_length_over_seeds(tmp_path, monkeypat
     write("short-seed3.test.json", [1.0, 1.0], sentences=(4, 4))
     with pytest.raises(experiment.ExperimentError, match="length_buckets differ between runs"):
         experiment.seed_table("d")
+
+
+def test_a_difference_is_a_result_only_beyond_the_seeds_spread(tmp_path, monkeypatch):
+    from floater_fairseq.cli import experiment
+    assert experiment.separation([38.5, 39.0, 39.2], [37.4, 38.0, 38.4]) == "above every seed"
+    assert experiment.separation([36.0, 36.5], [37.4, 38.0, 38.4]) == "below every seed"
+    assert experiment.separation([38.5, 39.0, 37.9], [37.4, 38.0, 38.4]) == "within the spread"
+    assert experiment.separation([45.0], [37.4, 38.0, 38.4]) == "too few seeds"
+    monkeypatch.setattr(experiment, "RESULTS_ROOT", str(tmp_path))
+    folder = tmp_path / "d" / "seeds"
+    folder.mkdir(parents=True)
+    for row, scores in (("sinusoidal-input", (37.0, 38.0, 39.0)), ("better", (39.5, 40.0, 40.5)),
+                        ("alike", (38.0, 39.5, 36.5))):
+        for seed, bleu in enumerate(scores, 1):
+            (folder / f"{row}-seed{seed}.test.json").write_text(json.dumps(
+                {"bleu": bleu, "seed": seed, "updates": 9, "signature": "sig"}))
+    text = experiment.seed_table("d")
+    assert "| better | sinusoidal-input | +2.00, above every seed | - |" in text
+    assert "| alike | sinusoidal-input | +0.00, within the spread | - |" in text
+    assert "| sinusoidal-input | sinu" not in text and "probability 2 / C(6, 3) = 0.10" in text
+    # the warm-started row is compared with its control (the same extra training, no FLOATER) once it exists
+    (folder / "floater-all-seed1.test.json").write_text(json.dumps({"bleu": 39.0, "seed": 1, "signature": "sig"}))
+    assert "| floater-all | sinusoidal-input | +1.00, too few seeds | - |" in experiment.seed_table("d")
+    (folder / "sinusoidal-input-continued-seed1.test.json").write_text(json.dumps({"bleu": 38.5, "seed": 1,
+                                                                                   "signature": "sig"}))
+    assert "| floater-all | sinusoidal-input-continued | +0.50, too few seeds | - |" in experiment.seed_table("d")
