@@ -445,6 +445,23 @@ def _length_bucket_table(runs) -> list:
     for row, records in rows.items():
         per_bucket = [cell([r["bleu"][k] for r in records]) for k in range(len(buckets))]
         lines.append(f"| {row} | " + " | ".join(per_bucket) + f" | {len(records)} |")
+    if BASELINE_ROW not in rows or len(rows) < 2:
+        return lines
+    lines += ["", f"Against {BASELINE_ROW} per bucket (difference of the means, and whether the seeds' ranges "
+              "separate, the rule above):", "", "| row | " + " | ".join(buckets) + " |",
+              "|---|" + "---|" * len(buckets)]
+
+    def bucket(records, k):
+        return [r["bleu"][k] for r in records if r["bleu"][k] is not None]
+    for row, records in rows.items():
+        if row == BASELINE_ROW:
+            continue
+        cells = []
+        for k in range(len(buckets)):
+            scores, reference = bucket(records, k), bucket(rows[BASELINE_ROW], k)
+            cells.append(f"{statistics.mean(scores) - statistics.mean(reference):+.1f}, "
+                         f"{separation(scores, reference)}" if scores and reference else "-")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -177,6 +177,10 @@ def test_seed_table_reports_bleu_by_source_length_over_seeds(tmp_path, monkeypat
     text = experiment.seed_table("d")
     assert "| row | 1-12 (5) | 13-99 (3) | seeds |" in text
     assert "| short | 41.0 ± 1.4 | 10.0 | 2 |" in text
+    for seed, bleus in ((1, [38.0, 5.0]), (2, [39.0, 6.0])):
+        write(f"sinusoidal-input-seed{seed}.test.json", bleus)
+    text = experiment.seed_table("d")
+    assert "| row | 1-12 | 13-99 |" in text and "| short | +2.5, above every seed | +4.5, too few seeds |" in text
     write("short-seed3.test.json", [1.0, 1.0], sentences=(4, 4))
     with pytest.raises(experiment.ExperimentError, match="length_buckets differ between runs"):
         experiment.seed_table("d")
