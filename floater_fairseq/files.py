@@ -3,6 +3,7 @@ truncated checkpoint, result or dataset stage behind (only a stray temporary bes
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -38,6 +39,18 @@ def atomic_output(path: str, directory: bool = False):
 def write_text(path: str, text: str):
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def replace_block(path: str, name: str, content: str) -> bool:
+    """Write ``content`` between the lines ``<!-- name -->`` and ``<!-- /name -->`` of the text file at
+    ``path`` (README's generated tables); False, writing nothing, where the file has no such block."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    block = re.compile(rf"(<!-- {re.escape(name)} -->\n).*?(<!-- /{re.escape(name)} -->)", re.S)
+    if not block.search(text):
+        return False
+    write_text(path, block.sub(lambda m: m.group(1) + content + m.group(2), text))
+    return True
 
 
 def write_json(path: str, data):

@@ -23,6 +23,14 @@ def test_readme_demo_table_is_the_demo_result_file():
     assert block.strip() == read("results", "demo", "results.md").strip()
 
 
+def test_readme_seed_tables_are_the_result_files():
+    from floater_fairseq.cli.experiment import readme_tables
+    blocks = re.findall(r"<!-- ([\w-]+)-seeds -->\n(.*?)<!-- /\1-seeds -->", read("README.md"), re.S)
+    assert [dataset for dataset, _ in blocks][:1] == ["multi30k-de-en"]
+    for dataset, block in blocks:  # python -m floater_fairseq.cli.experiment seeds DATASET rewrites them
+        assert block == readme_tables(read("results", f"{dataset}-seeds.md")), f"README's {dataset}-seeds block"
+
+
 def test_readme_stays_short_and_shows_the_two_commands():
     readme = read("README.md")
     assert len(readme) <= 25000 and "make demo" in readme and "make test" in readme

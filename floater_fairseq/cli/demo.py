@@ -23,7 +23,7 @@ import statistics
 import time
 
 from .. import USER_DIR
-from ..files import copy_file, write_json, write_text
+from ..files import copy_file, replace_block, write_json, write_text
 from . import common
 from .analyze_positions import model_from_checkpoint
 from .analyze_trajectories import growth, trajectory_norms
@@ -187,12 +187,8 @@ def plot(path, results, buckets, cfg):
 
 
 def update_readme(readme: str, table: str):
-    with open(readme, encoding="utf-8") as f:
-        text = f.read()
-    block = re.compile(r"(<!-- demo-results -->\n).*?(<!-- /demo-results -->)", re.S)
-    if not block.search(text):
+    if not replace_block(readme, "demo-results", table):
         raise SystemExit(f"demo: {readme} has no <!-- demo-results --> block to update")
-    write_text(readme, block.sub(lambda m: m.group(1) + table + m.group(2), text))
 
 
 def main(argv=None):

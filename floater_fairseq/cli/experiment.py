@@ -42,7 +42,7 @@ import time
 import sacrebleu
 
 from .. import USER_DIR
-from ..files import write_json, write_text
+from ..files import replace_block, write_json, write_text
 from . import common
 from .experiment_config import ConfigError, check_train_flags, load, train_args
 
@@ -380,6 +380,11 @@ def seed_table(dataset: str) -> str:
     return text
 
 
+def readme_tables(seed_table_text: str) -> str:
+    """The part of a seeded table that README shows: from its first table on (no title)."""
+    return seed_table_text[seed_table_text.index("| row |"):]
+
+
 def separation(scores, baseline) -> str:
     """The rule for calling a difference a result: every seed of one row scores above every seed
     of the other (their ranges do not overlap). Under exchangeable seeds that happens by chance
@@ -521,6 +526,9 @@ def main(argv=None):
                         "the result)")
     p = commands.add_parser("seeds", help="the per-seed results of a dataset as mean ± std")
     p.add_argument("dataset")
+    p.add_argument("--readme", default=os.path.join(REPO, "README.md"),
+                   help="also put the tables in this file's <!-- DATASET-seeds --> block, where it has one "
+                        "('': no file)")
     p = commands.add_parser("table")
     p.add_argument("dataset")
     p.add_argument("--rows", help="comma-separated rows (default: the six Table-2 rows)")
@@ -534,7 +542,10 @@ def main(argv=None):
             evaluate(args.checkpoint_dir, args.config, args.average_last, args.output, args.subset,
                      args.model_overrides)
         elif args.command == "seeds":
-            print(seed_table(args.dataset))
+            text = seed_table(args.dataset)
+            if args.readme and replace_block(args.readme, f"{args.dataset}-seeds", readme_tables(text)):
+                print(f"updated the {args.dataset}-seeds block of {args.readme}")
+            print(text)
         else:
             table(args.dataset, args.rows.split(",") if args.rows else None, extra)
     except (ExperimentError, ConfigError) as e:

@@ -149,6 +149,11 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
     text = experiment.seed_table("d")
     assert "| row | 38.00 ± 1.00 (n=3) | 39.00 ± 1.00 (n=3) | 1, 2, 3 | 3036, 3036, 3036 | 20 |" in text
     assert (tmp_path / "d-seeds.md").read_text() == text
+    # the command also fills a README's block for the dataset (the tables, without the title)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- d-seeds -->\nold\n<!-- /d-seeds -->\nrest\n")
+    assert experiment.main(["seeds", "d", "--readme", str(readme)]) == 0
+    assert readme.read_text() == "intro\n<!-- d-seeds -->\n" + text[text.index("| row |"):] + "<!-- /d-seeds -->\nrest\n"
     assert "a + b updates" not in text
     # a warm-started row (the paper's protocol): its updates follow the same seed's source run's
     monkeypatch.setattr(experiment, "REPO", str(tmp_path))
