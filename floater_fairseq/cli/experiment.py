@@ -3,6 +3,7 @@
     python -m floater_fairseq.cli.experiment train CONFIG [--warm-start-from DIR] [extra fairseq-train flags]
     python -m floater_fairseq.cli.experiment evaluate CHECKPOINT_DIR [CONFIG] [--average-last N]
         [--subset S] [--output FILE] [--model-overrides "{'floater_step_size': 0.1}"]
+        [--length-buckets-like CONFIG]
     python -m floater_fairseq.cli.experiment table DATASET [--rows R,...] [extra fairseq-train flags]
     python -m floater_fairseq.cli.experiment seeds DATASET
 
@@ -22,7 +23,9 @@ references (signature printed; compound-split BLEU for En-De, labelled as such) 
 JSON result to results/DATASET/ROW.json (with the decode time, and the model overrides if any: the
 solver-step study decodes one model with several --floater-step-size values). A config whose
 evaluate section has ``length_buckets`` (the short-to-long study) adds sacreBLEU per bucket of
-source length, counted in subwords as prepare's --max-train-source-len counts them.
+source length, counted in subwords as prepare's --max-train-source-len counts them;
+--length-buckets-like CONFIG scores any run on CONFIG's buckets (the study's reference: models
+trained on all lengths).
 
 seeds: results/DATASET/seeds/ROW-seedN.SUBSET.json (scripts/run-queue.sh) -> results/DATASET-seeds.md,
 mean ± std over seeds per row, and per length bucket where the results have them.
@@ -233,11 +236,14 @@ def training_state(save_dir: str) -> dict:
 
 
 def evaluate(save_dir: str, config_path: str = None, average_last: int = None, output: str = None,
-             subset: str = None, model_overrides: dict = None):
+             subset: str = None, model_overrides: dict = None, length_buckets_like: str = None):
     config_path = config_path or os.path.join(save_dir, "config.yaml")
     config = load(config_path)
     evaluation = config["evaluate"]
     data = repo_path(config["data"])
+    buckets_from = load(length_buckets_like) if length_buckets_like else config
+    if length_buckets_like and not buckets_from["evaluate"].get("length_buckets"):
+        raise ExperimentError(f"--length-buckets-like {length_buckets_like}: its evaluate section has no length_buckets")
     start = time.time()
     checkpoint = average(save_dir, average_last or evaluation.get("average_last", 1))
     subset = subset or evaluation.get("subset", "test")
@@ -267,9 +273,12 @@ def evaluate(save_dir: str, config_path: str = None, average_last: int = None, o
         result["train_seconds"] = round(json.load(open(timing))["seconds"], 1)
     result.update(training_state(save_dir))
     print(f"sacreBLEU {score.score:.2f}  ({result['signature']})")
-    if evaluation.get("length_buckets"):
-        result["length_buckets"] = bleu_by_source_length(data, config, subset, hyps, references,
-                                                         str(evaluation["length_buckets"]))
+    if buckets_from["evaluate"].get("length_buckets"):
+        # another config's buckets are counted in its data's subwords: the same sentences per bucket
+        result["length_buckets"] = bleu_by_source_length(repo_path(buckets_from["data"]), config, subset, hyps,
+                                                         references, str(buckets_from["evaluate"]["length_buckets"]))
+        if length_buckets_like:
+            result["length_buckets"]["counted_in"] = buckets_from["data"]
         by_length = result["length_buckets"]
         print("sacreBLEU by source length (subwords): " + ", ".join(
             f"{bucket}: {'-' if bleu is None else f'{bleu:.2f}'} ({n} sentences)"
@@ -524,6 +533,9 @@ def main(argv=None):
     p.add_argument("--model-overrides", type=_overrides, metavar="DICT",
                    help="fairseq-generate's --model-overrides, e.g. \"{'floater_step_size': 0.1}\" (recorded in "
                         "the result)")
+    p.add_argument("--length-buckets-like", metavar="CONFIG",
+                   help="also score per source-length bucket as CONFIG does, counted in its data's subwords (a "
+                        "model trained on all lengths, scored on the short-to-long study's buckets)")
     p = commands.add_parser("seeds", help="the per-seed results of a dataset as mean ± std")
     p.add_argument("dataset")
     p.add_argument("--readme", default=os.path.join(REPO, "README.md"),
@@ -540,7 +552,7 @@ def main(argv=None):
             train(args.config, extra, args.warm_start_from)
         elif args.command == "evaluate":
             evaluate(args.checkpoint_dir, args.config, args.average_last, args.output, args.subset,
-                     args.model_overrides)
+                     args.model_overrides, args.length_buckets_like)
         elif args.command == "seeds":
             text = seed_table(args.dataset)
             if args.readme and replace_block(args.readme, f"{args.dataset}-seeds", readme_tables(text)):

@@ -89,6 +89,15 @@ def test_evaluate_scores_each_source_length_bucket(table_run, tmp_path):
     assert by_length["buckets"] == ["1-1000", "1-4", "5-1000"] and by_length["unit"] == "source subwords"
     assert by_length["sentences"] == [24, short, 24 - short] and 0 < short < 24
     assert by_length["bleu"][0] == result["bleu"]
+    # a run of a config without buckets, scored on that config's buckets (the study's all-lengths reference)
+    plain = str(root / "configs" / "tiny-de-en" / "sinusoidal-input.yaml")
+    experiment.evaluate(str(root / "checkpoints" / "tiny-de-en" / "sinusoidal-input"), plain,
+                        output=str(tmp_path / "like.json"), length_buckets_like=str(tmp_path / "row.yaml"))
+    like = json.loads((tmp_path / "like.json").read_text())["length_buckets"]
+    assert like == {**by_length, "counted_in": config["data"]}
+    with pytest.raises(experiment.ExperimentError, match="its evaluate section has no length_buckets"):
+        experiment.evaluate(str(root / "checkpoints" / "tiny-de-en" / "sinusoidal-input"), plain,
+                            output=str(tmp_path / "no.json"), length_buckets_like=plain)
 
 
 def test_length_buckets_on_a_checkpoint(table_run, tmp_path):
