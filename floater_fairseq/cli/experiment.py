@@ -57,6 +57,9 @@ RESULTS_ROOT = os.environ.get("FLOATER_RESULTS", os.path.join(REPO, "results"))
 # compared with a control trained the same way instead (the warm start's 5 extra epochs)
 BASELINE_ROW = "sinusoidal-input"
 CONTROL_ROWS = {"floater-all": "sinusoidal-input-continued"}
+# rows named ROW-all-lengths in the short-to-long table: ROW's 12-epoch runs on all lengths, scored on
+# the study's buckets (evaluate --length-buckets-like): references, not compared
+REFERENCE_SUFFIX = "-all-lengths"
 TABLE2_ROWS = ["floater-all", "floater-input", "sinusoidal-all", "sinusoidal-input", "learned-all", "learned-input"]
 # Table 2 of the paper (WMT14 BLEU)
 PAPER = {
@@ -412,7 +415,7 @@ def _comparison_table(runs, baseline_row) -> list:
     CONTROL_ROWS once that has results), per subset, with the separation verdict."""
     import math
     import statistics
-    if baseline_row not in runs or len(runs) < 2:
+    if baseline_row not in runs or len([row for row in runs if not row.endswith(REFERENCE_SUFFIX)]) < 2:
         return []
     lines = ["", "Against the baseline (difference of the means; a difference is a result only where every "
              "seed of one row is above every seed of the other: by chance, with 3 seeds against 3, that happens "
@@ -420,7 +423,7 @@ def _comparison_table(runs, baseline_row) -> list:
              "| row | against | test | valid |", "|---|---|---|---|"]
     for row, subsets in runs.items():
         against = CONTROL_ROWS.get(row) if CONTROL_ROWS.get(row) in runs else baseline_row
-        if row == baseline_row:
+        if row == baseline_row or row.endswith(REFERENCE_SUFFIX):
             continue
         cells = []
         for subset in ("test", "valid"):
@@ -459,7 +462,10 @@ def _length_bucket_table(runs) -> list:
     for row, records in rows.items():
         per_bucket = [cell([r["bleu"][k] for r in records]) for k in range(len(buckets))]
         lines.append(f"| {row} | " + " | ".join(per_bucket) + f" | {len(records)} |")
-    if BASELINE_ROW not in rows or len(rows) < 2:
+    if any(row.endswith(REFERENCE_SUFFIX) for row in rows):
+        lines += ["", f"ROW{REFERENCE_SUFFIX}: ROW's runs trained on all lengths (the 12-epoch table), scored on "
+                  "these buckets: what the same encoder reaches when long sources are in training."]
+    if BASELINE_ROW not in rows or len([row for row in rows if not row.endswith(REFERENCE_SUFFIX)]) < 2:
         return lines
     lines += ["", f"Against {BASELINE_ROW} per bucket (difference of the means, and whether the seeds' ranges "
               "separate, the rule above):", "", "| row | " + " | ".join(buckets) + " |",
@@ -468,7 +474,7 @@ def _length_bucket_table(runs) -> list:
     def bucket(records, k):
         return [r["bleu"][k] for r in records if r["bleu"][k] is not None]
     for row, records in rows.items():
-        if row == BASELINE_ROW:
+        if row == BASELINE_ROW or row.endswith(REFERENCE_SUFFIX):
             continue
         cells = []
         for k in range(len(buckets)):

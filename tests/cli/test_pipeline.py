@@ -195,6 +195,10 @@ def test_seed_table_reports_bleu_by_source_length_over_seeds(tmp_path, monkeypat
         write(f"sinusoidal-input-seed{seed}.test.json", bleus)
     text = experiment.seed_table("d")
     assert "| row | 1-12 | 13-99 |" in text and "| short | +2.5, above every seed | +4.5, too few seeds |" in text
+    write("short-all-lengths-seed1.test.json", [45.0, 30.0])  # a reference: in the table, not compared
+    text = experiment.seed_table("d")
+    assert "| short-all-lengths | 45.0 | 30.0 | 1 |" in text and "| short-all-lengths | sinu" not in text
+    assert "| short-all-lengths | +" not in text and "ROW-all-lengths: ROW's runs trained on all lengths" in text
     write("short-seed3.test.json", [1.0, 1.0], sentences=(4, 4))
     with pytest.raises(experiment.ExperimentError, match="length_buckets differ between runs"):
         experiment.seed_table("d")
