@@ -5,7 +5,7 @@
         [--subset S] [--output FILE] [--model-overrides "{'floater_step_size': 0.1}"]
         [--length-buckets-like CONFIG]
     python -m floater_fairseq.cli.experiment table DATASET [--rows R,...] [extra fairseq-train flags]
-    python -m floater_fairseq.cli.experiment seeds DATASET
+    python -m floater_fairseq.cli.experiment seeds DATASET [--readme FILE]
 
 (scripts/train.sh, evaluate.sh and reproduce-table.sh call these.)
 
@@ -28,7 +28,9 @@ source length, counted in subwords as prepare's --max-train-source-len counts th
 trained on all lengths).
 
 seeds: results/DATASET/seeds/ROW-seedN.SUBSET.json (scripts/run-queue.sh) -> results/DATASET-seeds.md,
-mean ± std over seeds per row, and per length bucket where the results have them.
+mean ± std over seeds per row, and per length bucket where the results have them; each row against
+the sinusoid, a difference called a result only where the seeds' ranges do not overlap. README's
+<!-- DATASET-seeds --> block, where there is one, gets the same tables.
 
 table: train + evaluate every Table-2 row of a dataset (rows with a result are skipped) and
 write results/DATASET.md in the paper's layout, with the paper's numbers where it has them.
@@ -219,9 +221,6 @@ def training_state(save_dir: str) -> dict:
     state). The seconds are fairseq's own cumulative training time, which the checkpoint carries
     across resumes (our train_time.json misses a process that was killed), less the warm start's."""
     import torch
-
-    def extra_state(path):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("extra_state") or {}
     path = os.path.join(save_dir, "checkpoint_last.pt")
     if not os.path.exists(path):
         return {}
@@ -233,7 +232,8 @@ def training_state(save_dir: str) -> dict:
     seconds = state["extra_state"].get("previous_training_time")
     if seconds is not None:
         warm_start = os.path.join(save_dir, "warm_start.pt")
-        before = extra_state(warm_start).get("previous_training_time", 0.0) if os.path.exists(warm_start) else 0.0
+        before = (torch.load(warm_start, map_location="cpu", weights_only=True, mmap=True).get("extra_state") or {}
+                  ).get("previous_training_time", 0.0) if os.path.exists(warm_start) else 0.0
         result["train_seconds"] = round(seconds - before, 1)
     return result
 
