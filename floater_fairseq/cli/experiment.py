@@ -401,25 +401,26 @@ def separation(scores, baseline) -> str:
     """The rule for calling a difference a result: every seed of one row scores above every seed
     of the other (their ranges do not overlap). Under exchangeable seeds that happens by chance
     with probability 2 / C(n + m, n): 0.10 for 3 seeds against 3."""
+    import math
     if len(scores) < 2 or len(baseline) < 2:
         return "too few seeds"
+    chance = f"(chance {2 / math.comb(len(scores) + len(baseline), len(scores)):.2f})"
     if min(scores) > max(baseline):
-        return "above every seed"
+        return f"above every seed {chance}"
     if max(scores) < min(baseline):
-        return "below every seed"
+        return f"below every seed {chance}"
     return "within the spread"
 
 
 def _comparison_table(runs, baseline_row) -> list:
     """Every row's mean BLEU minus its baseline's (baseline_row, or the row's control in
     CONTROL_ROWS once that has results), per subset, with the separation verdict."""
-    import math
     import statistics
     if baseline_row not in runs or len([row for row in runs if not row.endswith(REFERENCE_SUFFIX)]) < 2:
         return []
     lines = ["", "Against the baseline (difference of the means; a difference is a result only where every "
-             "seed of one row is above every seed of the other: by chance, with 3 seeds against 3, that happens "
-             f"with probability 2 / C(6, 3) = {2 / math.comb(6, 3):.2f}):", "",
+             "seed of one row is above every seed of the other; with exchangeable seeds that happens by chance "
+             "with probability 2 / C(n + m, n), e.g. 0.10 for 3 seeds against 3, 0.20 for 2 against 3):", "",
              "| row | against | test | valid |", "|---|---|---|---|"]
     for row, subsets in runs.items():
         against = CONTROL_ROWS.get(row) if CONTROL_ROWS.get(row) in runs else baseline_row

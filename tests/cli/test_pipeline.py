@@ -194,7 +194,7 @@ def test_seed_table_reports_bleu_by_source_length_over_seeds(tmp_path, monkeypat
     for seed, bleus in ((1, [38.0, 5.0]), (2, [39.0, 6.0])):
         write(f"sinusoidal-input-seed{seed}.test.json", bleus)
     text = experiment.seed_table("d")
-    assert "| row | 1-12 | 13-99 |" in text and "| short | +2.5, above every seed | +4.5, too few seeds |" in text
+    assert "| row | 1-12 | 13-99 |" in text and "| short | +2.5, above every seed (chance 0.33) | +4.5, too few seeds |" in text
     write("short-all-lengths-seed1.test.json", [45.0, 30.0])  # a reference: in the table, not compared
     text = experiment.seed_table("d")
     assert "| short-all-lengths | 45.0 | 30.0 | 1 |" in text and "| short-all-lengths | sinu" not in text
@@ -206,8 +206,8 @@ def test_seed_table_reports_bleu_by_source_length_over_seeds(tmp_path, monkeypat
 
 def test_a_difference_is_a_result_only_beyond_the_seeds_spread(tmp_path, monkeypatch):
     from floater_fairseq.cli import experiment
-    assert experiment.separation([38.5, 39.0, 39.2], [37.4, 38.0, 38.4]) == "above every seed"
-    assert experiment.separation([36.0, 36.5], [37.4, 38.0, 38.4]) == "below every seed"
+    assert experiment.separation([38.5, 39.0, 39.2], [37.4, 38.0, 38.4]) == "above every seed (chance 0.10)"
+    assert experiment.separation([36.0, 36.5], [37.4, 38.0, 38.4]) == "below every seed (chance 0.20)"
     assert experiment.separation([38.5, 39.0, 37.9], [37.4, 38.0, 38.4]) == "within the spread"
     assert experiment.separation([45.0], [37.4, 38.0, 38.4]) == "too few seeds"
     monkeypatch.setattr(experiment, "RESULTS_ROOT", str(tmp_path))
@@ -219,9 +219,9 @@ def test_a_difference_is_a_result_only_beyond_the_seeds_spread(tmp_path, monkeyp
             (folder / f"{row}-seed{seed}.test.json").write_text(json.dumps(
                 {"bleu": bleu, "seed": seed, "updates": 9, "signature": "sig"}))
     text = experiment.seed_table("d")
-    assert "| better | sinusoidal-input | +2.00, above every seed | - |" in text
+    assert "| better | sinusoidal-input | +2.00, above every seed (chance 0.10) | - |" in text
     assert "| alike | sinusoidal-input | +0.00, within the spread | - |" in text
-    assert "| sinusoidal-input | sinu" not in text and "probability 2 / C(6, 3) = 0.10" in text
+    assert "| sinusoidal-input | sinu" not in text and "probability 2 / C(n + m, n)" in text
     # the warm-started row is compared with its control (the same extra training, no FLOATER) once it exists
     (folder / "floater-all-seed1.test.json").write_text(json.dumps({"bleu": 39.0, "seed": 1, "signature": "sig"}))
     assert "| floater-all | sinusoidal-input | +1.00, too few seeds | - |" in experiment.seed_table("d")
