@@ -418,7 +418,8 @@ def _comparison_table(runs, baseline_row) -> list:
     import statistics
     if baseline_row not in runs or len([row for row in runs if not row.endswith(REFERENCE_SUFFIX)]) < 2:
         return []
-    lines = ["", "Against the baseline (difference of the means; a difference is a result only where every "
+    lines = ["", "Against the baseline (difference of the means, against a control over the seeds both have; a "
+             "difference is a result only where every "
              "seed of one row is above every seed of the other; with exchangeable seeds that happens by chance "
              "with probability 2 / C(n + m, n), e.g. 0.10 for 3 seeds against 3, 0.20 for 2 against 3):", "",
              "| row | against | test | valid |", "|---|---|---|---|"]
@@ -428,8 +429,13 @@ def _comparison_table(runs, baseline_row) -> list:
             continue
         cells = []
         for subset in ("test", "valid"):
-            scores = [r["bleu"] for r in subsets.get(subset, [])]
-            reference = [r["bleu"] for r in runs[against].get(subset, [])]
+            records, reference_records = subsets.get(subset, []), runs[against].get(subset, [])
+            if against != baseline_row:  # a control is fine-tuned from the same seed's run: compare seed with seed
+                both = {r.get("seed") for r in records} & {r.get("seed") for r in reference_records}
+                records = [r for r in records if r.get("seed") in both]
+                reference_records = [r for r in reference_records if r.get("seed") in both]
+            scores = [r["bleu"] for r in records]
+            reference = [r["bleu"] for r in reference_records]
             cells.append(f"{statistics.mean(scores) - statistics.mean(reference):+.2f}, "
                          f"{separation(scores, reference)}" if scores and reference else "-")
         lines.append(f"| {row} | {against} | " + " | ".join(cells) + " |")

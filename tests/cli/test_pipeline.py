@@ -228,3 +228,6 @@ def test_a_difference_is_a_result_only_beyond_the_seeds_spread(tmp_path, monkeyp
     (folder / "sinusoidal-input-continued-seed1.test.json").write_text(json.dumps({"bleu": 38.5, "seed": 1,
                                                                                    "signature": "sig"}))
     assert "| floater-all | sinusoidal-input-continued | +0.50, too few seeds | - |" in experiment.seed_table("d")
+    # seed with seed: floater-all's seed 2 has no control yet, so it is left out of that difference
+    (folder / "floater-all-seed2.test.json").write_text(json.dumps({"bleu": 45.0, "seed": 2, "signature": "sig"}))
+    assert "| floater-all | sinusoidal-input-continued | +0.50, too few seeds | - |" in experiment.seed_table("d")
