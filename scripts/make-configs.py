@@ -132,6 +132,7 @@ def config(dataset: str, row: str) -> dict:
               "data": spec["data"], "train": train, "evaluate": dict(spec["evaluate"])}
     if row in ("floater-all", "sinusoidal-input-continued"):
         # paper App. B.2: train vanilla, migrate (exact warm start), fine-tune at half the peak LR
+        # (the control fine-tunes the vanilla checkpoint itself, the same way)
         result["warm_start"] = {"from": "sinusoidal-input", "lr_scale": 0.5, "max_epoch": spec["warm_epochs"]}
     return result
 

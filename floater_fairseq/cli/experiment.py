@@ -122,7 +122,7 @@ def train(config_path: str, extra=(), warm_start_from: str = None):
         flags = warm_start_flags(config_path, config, save_dir, flags, extra, warm_start_from)
     with open(os.path.join(save_dir, "config.yaml"), "w") as f, open(config_path) as source:
         f.write(source.read())  # evaluate reads the run's own copy
-    start, done = time.time(), False
+    done = False
     try:
         # fairseq's output goes to the terminal and to train.log beside the checkpoints. (Not
         # fairseq's --log-file: fairseq 0.12 adds one more file handler for it every epoch, so
@@ -130,10 +130,9 @@ def train(config_path: str, extra=(), warm_start_from: str = None):
         run([common.tool("fairseq-train"), data, "--user-dir", USER_DIR, *flags, "--save-dir", save_dir, *extra],
             log=os.path.join(save_dir, "train.log"))
         done = True
-    finally:  # training time accumulates over resumed runs, interrupted ones included
-        timing = os.path.join(save_dir, "train_time.json")
-        previous = json.load(open(timing))["seconds"] if os.path.exists(timing) else 0.0
-        write_json(timing, {"seconds": previous + time.time() - start, "finished": done})
+    finally:  # a failed or interrupted resume marks the run unfinished (the training time is
+        # fairseq's own, in the checkpoint: see training_state)
+        write_json(os.path.join(save_dir, "train_time.json"), {"finished": done})
     return save_dir
 
 
@@ -219,7 +218,7 @@ def decode(data, checkpoint, config, subset="test", model_overrides=None):
 def training_state(save_dir: str) -> dict:
     """Seed, updates, epoch and training seconds of the run's checkpoint_last (what a result must
     state). The seconds are fairseq's own cumulative training time, which the checkpoint carries
-    across resumes (our train_time.json misses a process that was killed), less the warm start's."""
+    across resumes and kills, less the warm start's."""
     import torch
     path = os.path.join(save_dir, "checkpoint_last.pt")
     if not os.path.exists(path):
@@ -271,9 +270,6 @@ def evaluate(save_dir: str, config_path: str = None, average_last: int = None, o
               "decode_seconds": round(decode_seconds, 1)}
     if model_overrides:
         result["model_overrides"] = model_overrides
-    timing = os.path.join(save_dir, "train_time.json")
-    if os.path.exists(timing):  # a checkpoint without fairseq's training time (not one of fairseq 0.12's)
-        result["train_seconds"] = round(json.load(open(timing))["seconds"], 1)
     result.update(training_state(save_dir))
     print(f"sacreBLEU {score.score:.2f}  ({result['signature']})")
     if buckets_from["evaluate"].get("length_buckets"):
@@ -412,20 +408,33 @@ def separation(scores, baseline) -> str:
     return "within the spread"
 
 
+def difference(scores, reference, digits: int) -> str:
+    """A comparison table's cell: the difference of the means and the separation verdict."""
+    import statistics
+    if not scores or not reference:
+        return "-"
+    return f"{statistics.mean(scores) - statistics.mean(reference):+.{digits}f}, {separation(scores, reference)}"
+
+
+def _compared(rows) -> list:
+    """The rows a comparison table lists: not the ROW-all-lengths references."""
+    return [row for row in rows if not row.endswith(REFERENCE_SUFFIX)]
+
+
 def _comparison_table(runs, baseline_row) -> list:
     """Every row's mean BLEU minus its baseline's (baseline_row, or the row's control in
     CONTROL_ROWS once that has results), per subset, with the separation verdict."""
-    import statistics
-    if baseline_row not in runs or len([row for row in runs if not row.endswith(REFERENCE_SUFFIX)]) < 2:
+    if baseline_row not in runs or len(_compared(runs)) < 2:
         return []
     lines = ["", "Against the baseline (difference of the means, against a control over the seeds both have; a "
              "difference is a result only where every "
              "seed of one row is above every seed of the other; with exchangeable seeds that happens by chance "
              "with probability 2 / C(n + m, n), e.g. 0.10 for 3 seeds against 3, 0.20 for 2 against 3):", "",
              "| row | against | test | valid |", "|---|---|---|---|"]
-    for row, subsets in runs.items():
+    for row in _compared(runs):
+        subsets = runs[row]
         against = CONTROL_ROWS.get(row) if CONTROL_ROWS.get(row) in runs else baseline_row
-        if row == baseline_row or row.endswith(REFERENCE_SUFFIX):
+        if row == baseline_row:
             continue
         cells = []
         for subset in ("test", "valid"):
@@ -434,10 +443,7 @@ def _comparison_table(runs, baseline_row) -> list:
                 both = {r.get("seed") for r in records} & {r.get("seed") for r in reference_records}
                 records = [r for r in records if r.get("seed") in both]
                 reference_records = [r for r in reference_records if r.get("seed") in both]
-            scores = [r["bleu"] for r in records]
-            reference = [r["bleu"] for r in reference_records]
-            cells.append(f"{statistics.mean(scores) - statistics.mean(reference):+.2f}, "
-                         f"{separation(scores, reference)}" if scores and reference else "-")
+            cells.append(difference([r["bleu"] for r in records], [r["bleu"] for r in reference_records], 2))
         lines.append(f"| {row} | {against} | " + " | ".join(cells) + " |")
     return lines
 
@@ -472,7 +478,7 @@ def _length_bucket_table(runs) -> list:
     if any(row.endswith(REFERENCE_SUFFIX) for row in rows):
         lines += ["", f"ROW{REFERENCE_SUFFIX}: ROW's runs trained on all lengths (the 12-epoch table), scored on "
                   "these buckets: what the same encoder reaches when long sources are in training."]
-    if BASELINE_ROW not in rows or len([row for row in rows if not row.endswith(REFERENCE_SUFFIX)]) < 2:
+    if BASELINE_ROW not in rows or len(_compared(rows)) < 2:
         return lines
     lines += ["", f"Against {BASELINE_ROW} per bucket (difference of the means, and whether the seeds' ranges "
               "separate, the rule above):", "", "| row | " + " | ".join(buckets) + " |",
@@ -480,14 +486,10 @@ def _length_bucket_table(runs) -> list:
 
     def bucket(records, k):
         return [r["bleu"][k] for r in records if r["bleu"][k] is not None]
-    for row, records in rows.items():
-        if row == BASELINE_ROW or row.endswith(REFERENCE_SUFFIX):
+    for row in _compared(rows):
+        if row == BASELINE_ROW:
             continue
-        cells = []
-        for k in range(len(buckets)):
-            scores, reference = bucket(records, k), bucket(rows[BASELINE_ROW], k)
-            cells.append(f"{statistics.mean(scores) - statistics.mean(reference):+.1f}, "
-                         f"{separation(scores, reference)}" if scores and reference else "-")
+        cells = [difference(bucket(rows[row], k), bucket(rows[BASELINE_ROW], k), 1) for k in range(len(buckets))]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
 
