@@ -11,6 +11,9 @@
 # results/DATASET/seeds/ROW-seedSEED.{test,valid}.json (checkpoint_last, the config's beam) with
 # the run's fairseq log (.train.log; resumed runs append to it) and its copy of the config (.yaml);
 # jobs whose valid result exists are skipped; with QUEUE_DATASET set, so are other datasets' jobs
+# A line  ROW-all-lengths SEED DATASET FROM_DATASET  trains nothing: it scores FROM_DATASET's run of
+# ROW (queued before it) on DATASET's length buckets, the short-to-long study's reference
+# (results/DATASET/seeds/ROW-all-lengths-seedSEED.test.json; experiment evaluate --length-buckets-like).
 # (scripts/reproduce-table.sh DATASET --seeds QUEUE_FILE). THREADS (default 2) sets the CPU threads;
 # FLOATER_CONFIGS / FLOATER_RESULTS replace configs/ and results/ (as for reproduce-table.sh).
 set -uo pipefail
@@ -26,7 +29,8 @@ while true; do
     case "$row" in ""|\#*) continue ;; esac
     dataset=${dataset:-multi30k-de-en}
     [ -n "${QUEUE_DATASET:-}" ] && [ "$dataset" != "$QUEUE_DATASET" ] && continue
-    [ -f "$RESULTS/$dataset/seeds/$row-seed$seed.valid.json" ] && continue
+    case "$row" in *-all-lengths) result=test ;; *) result=valid ;; esac
+    [ -f "$RESULTS/$dataset/seeds/$row-seed$seed.$result.json" ] && continue
     job="$row $seed $dataset ${epochs:-12} ${flags//\{runs\}/$RUNS}"; break
   done < "$QUEUE"
   [ -z "$job" ] && { echo "queue done"; exit 0; }
@@ -34,6 +38,21 @@ while true; do
   dir=$RUNS/$dataset/$row-seed$seed
   out=$RESULTS/$dataset/seeds/$row-seed$seed
   mkdir -p "$RESULTS/$dataset/seeds"
+  if [[ $row == *-all-lengths ]]; then
+    base=${row%-all-lengths}; from=$epochs; source=$RUNS/$from/$base-seed$seed
+    if [ ! -f "$CONFIGS/$from/$base.yaml" ]; then
+      echo "error: '$row $seed $dataset $from': the 4th field of a reference names the dataset its run was" \
+           "trained on (no $CONFIGS/$from/$base.yaml)" >&2; exit 2
+    fi
+    if [ ! -f "$source/checkpoint_last.pt" ]; then
+      echo "error: $row seed $seed scores the run $source, which has no checkpoint_last.pt:" \
+           "queue '$base $seed $from' before it" >&2; exit 1
+    fi
+    echo "=== $(date) $dataset $row seed $seed: $from's run scored on $dataset's length buckets"
+    "$PYTHON" -m floater_fairseq.cli.experiment evaluate "$source" "$CONFIGS/$from/$base.yaml" --average-last 1 \
+       --subset test --length-buckets-like "$CONFIGS/$dataset/$base.yaml" --output "$out.test.json" || exit 1
+    continue
+  fi
   echo "=== $(date) $dataset $row seed $seed, $epochs epochs"
   bash "$REPO/scripts/train.sh" "$CONFIGS/$dataset/$row.yaml" "$@" --max-epoch "$epochs" --seed "$seed" \
      --save-dir "$dir" --no-progress-bar --log-format simple --log-interval 100 || exit 1

@@ -4,6 +4,7 @@ runs one dataset's jobs of it and writes the seeded table."""
 import json
 
 import pytest
+import yaml
 
 from pipeline_helpers import prepared, script, write_configs  # noqa: F401 (prepared: a fixture)
 
@@ -15,11 +16,20 @@ def configured(prepared):  # noqa: F811
 
 def test_run_queue_trains_evaluates_and_skips_what_is_done(configured, tmp_path):
     root, env = configured
+    short = write_short_study(root)
     queue = tmp_path / "queue.txt"
     queue.write_text("# ROW SEED DATASET EPOCHS FLAGS\nsinusoidal-input 2 tiny-de-en 1\n"
+                     "sinusoidal-input-all-lengths 2 tiny-de-en-short tiny-de-en\n"
                      "floater-all 2 tiny-de-en 1 --warm-start-from {runs}/tiny-de-en/sinusoidal-input-seed2 "
                      "--max-update 3\n")
     first = script("run-queue.sh", queue, tmp_path / "runs", env=env)
+    # the short-to-long reference: the run trained on all lengths, scored on the study's buckets, not retrained
+    assert first.stdout.count("===") == 3 and "tiny-de-en's run scored on tiny-de-en-short's length buckets" in first.stdout
+    reference = json.loads((root / "results" / "tiny-de-en-short" / "seeds" / "sinusoidal-input-all-lengths-seed2.test.json"
+                            ).read_text())
+    trained = json.loads((root / "results" / "tiny-de-en" / "seeds" / "sinusoidal-input-seed2.test.json").read_text())
+    assert reference["bleu"] == trained["bleu"] and reference["seed"] == 2
+    assert reference["length_buckets"]["buckets"] == short and reference["length_buckets"]["sentences"][0] == 24
     assert "tiny-de-en sinusoidal-input seed 2, 1 epochs" in first.stdout and "queue done" in first.stdout
     assert "warm start: training" not in first.stdout  # seed 2's run is the source, nothing retrained
     assert str(tmp_path / "runs" / "tiny-de-en" / "sinusoidal-input-seed2" / "checkpoint_last.pt") in first.stdout
@@ -44,6 +54,28 @@ def test_run_queue_trains_evaluates_and_skips_what_is_done(configured, tmp_path)
     assert "| sinusoidal-input |" in text and "| floater-all |" in text
     wrong = script("reproduce-table.sh", "tiny-de-en", "--seeds", env=env, check=False)
     assert wrong.returncode == 2 and "--seeds QUEUE_FILE" in wrong.stderr
+
+
+def test_a_reference_before_its_run_or_without_its_dataset_is_refused(configured, tmp_path):
+    root, env = configured
+    write_short_study(root)
+    queue = tmp_path / "queue.txt"
+    queue.write_text("sinusoidal-input-all-lengths 3 tiny-de-en-short tiny-de-en\n")
+    early = script("run-queue.sh", queue, tmp_path / "runs", env=env, check=False)
+    assert early.returncode == 1 and "queue 'sinusoidal-input 3 tiny-de-en' before it" in early.stderr
+    queue.write_text("sinusoidal-input-all-lengths 3 tiny-de-en-short\n")
+    unnamed = script("run-queue.sh", queue, tmp_path / "runs", env=env, check=False)
+    assert unnamed.returncode == 2 and "the 4th field of a reference names the dataset" in unnamed.stderr
+    assert not (root / "results" / "tiny-de-en-short" / "seeds" / "sinusoidal-input-all-lengths-seed3.test.json").exists()
+
+
+def write_short_study(root):
+    """tiny-de-en-short: sinusoidal-input's config with the short-to-long study's buckets; returns them."""
+    config = yaml.safe_load((root / "configs" / "tiny-de-en" / "sinusoidal-input.yaml").read_text())
+    config["dataset"], config["evaluate"]["length_buckets"] = "tiny-de-en-short", "1-1000,1-4,5-1000"
+    (root / "configs" / "tiny-de-en-short").mkdir(exist_ok=True)
+    (root / "configs" / "tiny-de-en-short" / "sinusoidal-input.yaml").write_text(yaml.safe_dump(config))
+    return ["1-1000", "1-4", "5-1000"]
 
 
 def test_warm_start_from_a_run_that_did_not_finish_is_refused(configured, tmp_path):
