@@ -408,6 +408,30 @@ def separation(scores, baseline) -> str:
     return "within the spread"
 
 
+def paired_separation(differences) -> str:
+    """The same rule for a control fine-tuned from the same seed's run, seed with seed: every seed
+    above (or below) its control. Under exchangeable rows that happens by chance with probability
+    2 / 2^n: 0.25 for 3 seeds."""
+    if len(differences) < 2:
+        return "too few seeds"
+    chance = f"(chance {2 / 2 ** len(differences):.2f})"
+    if all(d > 0 for d in differences):
+        return f"above its control on every seed {chance}"
+    if all(d < 0 for d in differences):
+        return f"below its control on every seed {chance}"
+    return "within the spread"
+
+
+def paired_difference(pairs, digits: int) -> str:
+    """A control's cell: the mean of the seed-with-seed differences, each, and the paired verdict."""
+    import statistics
+    if not pairs:
+        return "-"
+    differences = [score - control for score, control in pairs]
+    each = f" ({', '.join(f'{d:+.{digits}f}' for d in differences)} by seed)" if len(differences) > 1 else ""
+    return f"{statistics.mean(differences):+.{digits}f}{each}, {paired_separation(differences)}"
+
+
 def difference(scores, reference, digits: int) -> str:
     """A comparison table's cell: the difference of the means and the separation verdict."""
     import statistics
@@ -426,10 +450,11 @@ def _comparison_table(runs, baseline_row) -> list:
     CONTROL_ROWS once that has results), per subset, with the separation verdict."""
     if baseline_row not in runs or len(_compared(runs)) < 2:
         return []
-    lines = ["", "Against the baseline (difference of the means, against a control over the seeds both have; a "
-             "difference is a result only where every "
+    lines = ["", "Against the baseline (difference of the means; a difference is a result only where every "
              "seed of one row is above every seed of the other; with exchangeable seeds that happens by chance "
-             "with probability 2 / C(n + m, n), e.g. 0.10 for 3 seeds against 3, 0.20 for 2 against 3):", "",
+             "with probability 2 / C(n + m, n), e.g. 0.10 for 3 seeds against 3, 0.20 for 2 against 3). Against a "
+             "control fine-tuned from the same runs: seed with seed, every seed above (or below) its control, "
+             "by chance 2 / 2^n, e.g. 0.25 for 3 seeds:", "",
              "| row | against | test | valid |", "|---|---|---|---|"]
     for row in _compared(runs):
         subsets = runs[row]
@@ -440,10 +465,11 @@ def _comparison_table(runs, baseline_row) -> list:
         for subset in ("test", "valid"):
             records, reference_records = subsets.get(subset, []), runs[against].get(subset, [])
             if against != baseline_row:  # a control is fine-tuned from the same seed's run: compare seed with seed
-                both = {r.get("seed") for r in records} & {r.get("seed") for r in reference_records}
-                records = [r for r in records if r.get("seed") in both]
-                reference_records = [r for r in reference_records if r.get("seed") in both]
-            cells.append(difference([r["bleu"] for r in records], [r["bleu"] for r in reference_records], 2))
+                control = {r.get("seed"): r["bleu"] for r in reference_records}
+                cells.append(paired_difference([(r["bleu"], control[r.get("seed")]) for r in records
+                                                if r.get("seed") in control], 2))
+            else:
+                cells.append(difference([r["bleu"] for r in records], [r["bleu"] for r in reference_records], 2))
         lines.append(f"| {row} | {against} | " + " | ".join(cells) + " |")
     return lines
 

@@ -231,3 +231,13 @@ def test_a_difference_is_a_result_only_beyond_the_seeds_spread(tmp_path, monkeyp
     # seed with seed: floater-all's seed 2 has no control yet, so it is left out of that difference
     (folder / "floater-all-seed2.test.json").write_text(json.dumps({"bleu": 45.0, "seed": 2, "signature": "sig"}))
     assert "| floater-all | sinusoidal-input-continued | +0.50, too few seeds | - |" in experiment.seed_table("d")
+    # paired, the verdict asks whether every seed beats its own control (the seeds' levels differ more
+    # than FLOATER's share: unpaired, these ranges overlap)
+    for seed, (floater, control) in enumerate(((39.0, 38.5), (40.2, 40.0), (38.1, 38.0)), 1):
+        for row, bleu in (("floater-all", floater), ("sinusoidal-input-continued", control)):
+            (folder / f"{row}-seed{seed}.test.json").write_text(json.dumps({"bleu": bleu, "seed": seed,
+                                                                            "signature": "sig"}))
+    assert ("| floater-all | sinusoidal-input-continued | +0.27 (+0.50, +0.20, +0.10 by seed), above its control "
+            "on every seed (chance 0.25) | - |") in experiment.seed_table("d")
+    assert experiment.paired_separation([0.5, -0.1, 0.2]) == "within the spread"
+    assert experiment.paired_separation([-0.5, -0.1]) == "below its control on every seed (chance 0.50)"
