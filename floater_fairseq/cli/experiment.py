@@ -501,17 +501,25 @@ def _length_bucket_table(runs) -> list:
     for row, records in rows.items():
         per_bucket = [cell([r["bleu"][k] for r in records]) for k in range(len(buckets))]
         lines.append(f"| {row} | " + " | ".join(per_bucket) + f" | {len(records)} |")
-    if any(row.endswith(REFERENCE_SUFFIX) for row in rows):
-        lines += ["", f"ROW{REFERENCE_SUFFIX}: ROW's runs trained on all lengths (the 12-epoch table), scored on "
-                  "these buckets: what the same encoder reaches when long sources are in training."]
-    if BASELINE_ROW not in rows or len(_compared(rows)) < 2:
-        return lines
-    lines += ["", f"Against {BASELINE_ROW} per bucket (difference of the means, and whether the seeds' ranges "
-              "separate, the rule above):", "", "| row | " + " | ".join(buckets) + " |",
-              "|---|" + "---|" * len(buckets)]
+    header = ["| row | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
 
     def bucket(records, k):
         return [r["bleu"][k] for r in records if r["bleu"][k] is not None]
+    if any(row.endswith(REFERENCE_SUFFIX) for row in rows):
+        lines += ["", f"ROW{REFERENCE_SUFFIX}: ROW's runs trained on all lengths (the 12-epoch table), scored on "
+                  "these buckets: what the same encoder reaches when long sources are in training."]
+    short_and_all = [row for row in _compared(rows) if row + REFERENCE_SUFFIX in rows]
+    if short_and_all:
+        lines += ["", f"What training only on short sources costs each encoder: ROW minus ROW{REFERENCE_SUFFIX} per "
+                  "bucket (difference of the means, and the rule above):", "", *header]
+        for row in short_and_all:
+            cells = [difference(bucket(rows[row], k), bucket(rows[row + REFERENCE_SUFFIX], k), 1)
+                     for k in range(len(buckets))]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    if BASELINE_ROW not in rows or len(_compared(rows)) < 2:
+        return lines
+    lines += ["", f"Against {BASELINE_ROW} per bucket (difference of the means, and whether the seeds' ranges "
+              "separate, the rule above):", "", *header]
     for row in _compared(rows):
         if row == BASELINE_ROW:
             continue

@@ -198,6 +198,8 @@ def test_seed_table_reports_bleu_by_source_length_over_seeds(tmp_path, monkeypat
     write("short-all-lengths-seed1.test.json", [45.0, 30.0])  # a reference: in the table, not compared
     text = experiment.seed_table("d")
     assert "| short-all-lengths | 45.0 | 30.0 | 1 |" in text and "| short-all-lengths | sinu" not in text
+    # what short training costs the row: against its own reference, bucket by bucket
+    assert "ROW minus ROW-all-lengths" in text and "| short | -4.0, too few seeds | -20.0, too few seeds |" in text
     assert "| short-all-lengths | +" not in text and "ROW-all-lengths: ROW's runs trained on all lengths" in text
     write("short-seed3.test.json", [1.0, 1.0], sentences=(4, 4))
     with pytest.raises(experiment.ExperimentError, match="length_buckets differ between runs"):
