@@ -11,11 +11,11 @@
 # results/DATASET/seeds/ROW-seedSEED.{test,valid}.json (checkpoint_last, the config's beam) with
 # the run's fairseq log (.train.log; resumed runs append to it) and its copy of the config (.yaml);
 # jobs whose valid result exists are skipped; with QUEUE_DATASET set, so are other datasets' jobs
+# (scripts/reproduce-table.sh DATASET --seeds QUEUE_FILE). THREADS (default 2) sets the CPU threads;
+# FLOATER_CONFIGS / FLOATER_RESULTS replace configs/ and results/ (as for reproduce-table.sh).
 # A line  ROW-all-lengths SEED DATASET FROM_DATASET  trains nothing: it scores FROM_DATASET's run of
 # ROW (queued before it) on DATASET's length buckets, the short-to-long study's reference
 # (results/DATASET/seeds/ROW-all-lengths-seedSEED.test.json; experiment evaluate --length-buckets-like).
-# (scripts/reproduce-table.sh DATASET --seeds QUEUE_FILE). THREADS (default 2) sets the CPU threads;
-# FLOATER_CONFIGS / FLOATER_RESULTS replace configs/ and results/ (as for reproduce-table.sh).
 set -uo pipefail
 if [ $# -lt 1 ]; then echo "usage: $0 QUEUE_FILE [RUNS_DIR]" >&2; exit 2; fi
 QUEUE=$(realpath "$1"); RUNS=${2:-$HOME/floater-runs}

@@ -29,7 +29,8 @@ trained on all lengths).
 
 seeds: results/DATASET/seeds/ROW-seedN.SUBSET.json (scripts/run-queue.sh) -> results/DATASET-seeds.md,
 mean ± std over seeds per row, and per length bucket where the results have them; each row against
-the sinusoid, a difference called a result only where the seeds' ranges do not overlap. README's
+the sinusoid, a difference called a result only where the seeds' ranges do not overlap (against a
+control fine-tuned from the same runs: seed with seed, every seed on one side). README's
 <!-- DATASET-seeds --> block, where there is one, gets the same tables.
 
 table: train + evaluate every Table-2 row of a dataset (rows with a result are skipped) and
@@ -230,9 +231,10 @@ def training_state(save_dir: str) -> dict:
               "epoch": state["extra_state"]["train_iterator"]["epoch"]}
     seconds = state["extra_state"].get("previous_training_time")
     if seconds is not None:
-        warm_start = os.path.join(save_dir, "warm_start.pt")
-        before = (torch.load(warm_start, map_location="cpu", weights_only=True, mmap=True).get("extra_state") or {}
-                  ).get("previous_training_time", 0.0) if os.path.exists(warm_start) else 0.0
+        warm_start, before = os.path.join(save_dir, "warm_start.pt"), 0.0
+        if os.path.exists(warm_start):  # the source run's time, which the warm start carries in
+            source = torch.load(warm_start, map_location="cpu", weights_only=True, mmap=True)
+            before = (source.get("extra_state") or {}).get("previous_training_time", 0.0)
         result["train_seconds"] = round(seconds - before, 1)
     return result
 
