@@ -385,14 +385,48 @@ def seed_table(dataset: str) -> str:
     notes += ["", "a + b updates: b updates fine-tuned from the same seed's run of the warm-start row (a "
               "updates; the paper's protocol), so the row has trained a + b updates in all; its minutes are "
               "the fine-tuning's."] if warm else []
-    text = "\n".join(lines + notes + ["", f"sacreBLEU signature: {', '.join(signatures)}", ""])
+    text = "\n".join(lines + notes + ["", f"sacreBLEU signature: {', '.join(signatures)}", ""]
+                     + _run_table(dataset, runs, updates_of))
     write_text(os.path.join(RESULTS_ROOT, f"{dataset}-seeds.md"), text)
     return text
 
 
+RUN_TABLE_TITLE = "## Each run"
+
+
+def _run_table(dataset: str, runs, updates_of) -> list:
+    """One line per run: its seed, BLEU (and test BLEU per length bucket), updates, training time,
+    and the config and training log kept beside its results (a reference row's are those of the run
+    it decoded again, kept with that run's dataset)."""
+    bucketed = any("length_buckets" in r for subsets in runs.values() for r in subsets.get("test", []))
+    lines = [RUN_TABLE_TITLE, "", "Every run behind the tables above, with the config and training log kept "
+             "beside its results.", "",
+             "| row | seed | test | valid |" + (" test by source length |" if bucketed else "")
+             + " updates | train minutes | config | log |",
+             "|---|---|---|---|" + ("---|" if bucketed else "") + "---|---|---|---|"]
+    for row, subsets in runs.items():
+        valid = {r.get("seed"): r["bleu"] for r in subsets.get("valid", [])}
+        for record in subsets.get("test", []):
+            seed = record.get("seed")
+            stem = f"{record.get('dataset', dataset)}/seeds/{record.get('row', row)}-seed{seed}"
+            files = [f"[{suffix}]({stem}.{suffix})" if os.path.isfile(os.path.join(RESULTS_ROOT, f"{stem}.{suffix}"))
+                     else "-" for suffix in ("yaml", "train.log")]
+            buckets = record.get("length_buckets", {}).get("bleu")
+            by_length = (" " + (" / ".join("-" if b is None else f"{b:.1f}" for b in buckets) if buckets else "-")
+                         + " |") if bucketed else ""
+            minutes = f"{record['train_seconds'] / 60:.0f}" if "train_seconds" in record else "-"
+            lines.append(f"| {row} | {seed} | {record['bleu']:.2f} | "
+                         f"{f'{valid[seed]:.2f}' if seed in valid else '-'} |{by_length} {updates_of(record)} | "
+                         f"{minutes} | {files[0]} | {files[1]} |")
+    return lines + [""]
+
+
 def readme_tables(seed_table_text: str) -> str:
-    """The part of a seeded table that README shows: from its first table on (no title)."""
-    return seed_table_text[seed_table_text.index("| row |"):]
+    """The part of a seeded table that README shows: its tables and notes, without the title and
+    without the list of each run."""
+    start = seed_table_text.index("| row |")
+    end = seed_table_text.find(RUN_TABLE_TITLE)
+    return seed_table_text[start:end].rstrip("\n") + "\n" if end >= 0 else seed_table_text[start:]
 
 
 def separation(scores, baseline) -> str:

@@ -155,14 +155,20 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
         for subset, shift in (("test", 0.0), ("valid", 1.0)):
             (folder / f"row-seed{seed}.{subset}.json").write_text(json.dumps(
                 {"bleu": bleu + shift, "seed": seed, "updates": 3036, "train_seconds": 600.0 * seed, "signature": "sig"}))
+    (folder / "row-seed2.yaml").write_text("train: {}\n")  # the run's config, kept beside its results
     text = experiment.seed_table("d")
     assert "| row | 38.00 ± 1.00 (n=3) | 39.00 ± 1.00 (n=3) | 1, 2, 3 | 3036, 3036, 3036 | 20 |" in text
     assert (tmp_path / "d-seeds.md").read_text() == text
-    # the command also fills a README's block for the dataset (the tables, without the title)
+    # each run on its own line, linking the files that exist
+    assert "| row | 1 | 37.00 | 38.00 | 3036 | 10 | - | - |" in text
+    assert "| row | 2 | 38.00 | 39.00 | 3036 | 20 | [yaml](d/seeds/row-seed2.yaml) | - |" in text
+    # the command also fills a README's block for the dataset (the tables, without the title or each run)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- d-seeds -->\nold\n<!-- /d-seeds -->\nrest\n")
     assert experiment.main(["seeds", "d", "--readme", str(readme)]) == 0
-    assert readme.read_text() == "intro\n<!-- d-seeds -->\n" + text[text.index("| row |"):] + "<!-- /d-seeds -->\nrest\n"
+    shown = text[text.index("| row |"):text.index("## Each run")].rstrip("\n") + "\n"
+    assert shown.endswith("signature: sig\n")
+    assert readme.read_text() == "intro\n<!-- d-seeds -->\n" + shown + "<!-- /d-seeds -->\nrest\n"
     assert "a + b updates" not in text
     # a warm-started row (the paper's protocol): its updates follow the same seed's source run's
     monkeypatch.setattr(experiment, "REPO", str(tmp_path))
@@ -201,6 +207,14 @@ def test_seed_table_reports_bleu_by_source_length_over_seeds(tmp_path, monkeypat
     # what short training costs the row: against its own reference, bucket by bucket
     assert "ROW minus ROW-all-lengths" in text and "| short | -4.0, too few seeds | -20.0, too few seeds |" in text
     assert "| short-all-lengths | +" not in text and "ROW-all-lengths: ROW's runs trained on all lengths" in text
+    # a reference's files are those of the run it decoded again, kept with that run's dataset
+    (tmp_path / "full" / "seeds").mkdir(parents=True)
+    (tmp_path / "full" / "seeds" / "short-seed1.train.log").write_text("log\n")
+    record = json.loads((folder / "short-all-lengths-seed1.test.json").read_text())
+    (folder / "short-all-lengths-seed1.test.json").write_text(json.dumps({**record, "dataset": "full", "row": "short"}))
+    text = experiment.seed_table("d")
+    assert "| short-all-lengths | 1 | 30.00 | - | 45.0 / 30.0 | 9 | - | - | [train.log](full/seeds/short-seed1.train.log) |" in text
+    assert "| short | 1 | 30.00 | 30.00 | 42.0 / - | 9 | - | - | - |" in text  # an empty bucket: -
     write("short-seed3.test.json", [1.0, 1.0], sentences=(4, 4))
     with pytest.raises(experiment.ExperimentError, match="length_buckets differ between runs"):
         experiment.seed_table("d")
