@@ -5,7 +5,7 @@
         [--subset S] [--output FILE] [--model-overrides "{'floater_step_size': 0.1}"]
         [--length-buckets-like CONFIG]
     python -m floater_fairseq.cli.experiment table DATASET [--rows R,...] [extra fairseq-train flags]
-    python -m floater_fairseq.cli.experiment seeds DATASET [--readme FILE]
+    python -m floater_fairseq.cli.experiment seeds DATASET [--readme FILE] [--plot PNG]
 
 (scripts/train.sh, evaluate.sh and reproduce-table.sh call these.)
 
@@ -31,7 +31,8 @@ seeds: results/DATASET/seeds/ROW-seedN.SUBSET.json (scripts/run-queue.sh) -> res
 mean ± std over seeds per row, and per length bucket where the results have them; each row against
 the sinusoid, a difference called a result only where the seeds' ranges do not overlap (against a
 control fine-tuned from the same runs: seed with seed, every seed on one side). README's
-<!-- DATASET-seeds --> block, where there is one, gets the same tables.
+<!-- DATASET-seeds --> block, where there is one, gets the same tables; where results have length
+buckets, results/DATASET-by-length.png (or --plot PNG) draws them.
 
 table: train + evaluate every Table-2 row of a dataset (rows with a result are skipped) and
 write results/DATASET.md in the paper's layout, with the paper's numbers where it has them.
@@ -335,10 +336,8 @@ def table(dataset: str, rows=None, extra=()):
     return path
 
 
-def seed_table(dataset: str) -> str:
-    """results/DATASET/seeds/ROW-seedN.SUBSET.json -> results/DATASET-seeds.md: BLEU mean +- std over
-    seeds per row and subset, with the seeds, updates and training time behind each row."""
-    import statistics
+def _seed_runs(dataset: str) -> dict:
+    """results/DATASET/seeds/ROW-seedN.SUBSET.json as {ROW: {SUBSET: [result, ...]}}."""
     folder = os.path.join(RESULTS_ROOT, dataset, "seeds")
     runs = {}
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
@@ -348,6 +347,60 @@ def seed_table(dataset: str) -> str:
                 runs.setdefault(match.group(1), {}).setdefault(match.group(3), []).append(json.load(f))
     if not runs:
         raise ExperimentError(f"no per-seed results in {folder}")
+    return runs
+
+
+def _has_length_buckets(runs) -> bool:
+    return any("length_buckets" in r for subsets in runs.values() for r in subsets.get("test", []))
+
+
+def plot_by_length(dataset: str, path: str) -> dict:
+    """Test BLEU per source-length bucket, one line per row (mean over seeds, bars: min to max),
+    each ROW-all-lengths reference dashed in its row's colour. Returns the plotted series."""
+    import statistics
+    series = {}
+    for row, subsets in _seed_runs(dataset).items():
+        records = [r["length_buckets"] for r in subsets.get("test", []) if "length_buckets" in r]
+        if records:
+            values = [[r["bleu"][k] for r in records if r["bleu"][k] is not None] for k in range(len(records[0]["bleu"]))]
+            series[row] = {"buckets": [f"{b}\n({n})" for b, n in zip(records[0]["buckets"], records[0]["sentences"])],
+                           "mean": [statistics.mean(v) if v else None for v in values],
+                           "low": [min(v) if v else None for v in values],
+                           "high": [max(v) if v else None for v in values], "seeds": len(records),
+                           "dashed": row.endswith(REFERENCE_SUFFIX)}
+    if not series:
+        raise ExperimentError(f"no test results of {dataset} have length_buckets: nothing to plot (the "
+                              "short-to-long configs' evaluate section sets them)")
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {}
+    for row, line in sorted(series.items(), key=lambda item: item[1]["dashed"]):
+        base = row[:-len(REFERENCE_SUFFIX)] if line["dashed"] else row
+        x = [k for k, m in enumerate(line["mean"]) if m is not None]
+        mean = [line["mean"][k] for k in x]
+        error = [[mean[i] - line["low"][k] for i, k in enumerate(x)], [line["high"][k] - mean[i] for i, k in enumerate(x)]]
+        drawn = ax.errorbar(x, mean, yerr=error, marker="o", capsize=3, linestyle="--" if line["dashed"] else "-",
+                            color=colours.get(base), label=f"{row} ({line['seeds']} seed{'s' * (line['seeds'] > 1)})")
+        colours.setdefault(base, drawn.lines[0].get_color())
+    first = next(iter(series.values()))
+    ax.set_xticks(range(len(first["buckets"])), first["buckets"])
+    ax.set_xlabel("source length in subwords (test sentences)")
+    ax.set_ylabel("sacreBLEU, test")
+    ax.set_title(f"{dataset}: mean over seeds, bars min to max; dashed: trained on all lengths", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return series
+
+
+def seed_table(dataset: str) -> str:
+    """results/DATASET/seeds/ROW-seedN.SUBSET.json -> results/DATASET-seeds.md: BLEU mean +- std over
+    seeds per row and subset, with the seeds, updates and training time behind each row."""
+    import statistics
+    runs = _seed_runs(dataset)
 
     def cell(records):
         scores = [r["bleu"] for r in records]
@@ -398,7 +451,7 @@ def _run_table(dataset: str, runs, updates_of) -> list:
     """One line per run: its seed, BLEU (and test BLEU per length bucket), updates, training time,
     and the config and training log kept beside its results (a reference row's are those of the run
     it decoded again, kept with that run's dataset)."""
-    bucketed = any("length_buckets" in r for subsets in runs.values() for r in subsets.get("test", []))
+    bucketed = _has_length_buckets(runs)
     lines = [RUN_TABLE_TITLE, "", "Every run behind the tables above, with the config and training log kept "
              "beside its results.", "",
              "| row | seed | test | valid |" + (" test by source length |" if bucketed else "")
@@ -626,6 +679,8 @@ def main(argv=None):
     p.add_argument("--readme", default=os.path.join(REPO, "README.md"),
                    help="also put the tables in this file's <!-- DATASET-seeds --> block, where it has one "
                         "('': no file)")
+    p.add_argument("--plot", metavar="PNG", help="where results have length buckets (the short-to-long study), "
+                   "draw test BLEU by source length here (default: results/DATASET-by-length.png; '': no plot)")
     p = commands.add_parser("table")
     p.add_argument("dataset")
     p.add_argument("--rows", help="comma-separated rows (default: the six Table-2 rows)")
@@ -643,6 +698,10 @@ def main(argv=None):
             if args.readme and replace_block(args.readme, f"{args.dataset}-seeds", readme_tables(text)):
                 print(f"updated the {args.dataset}-seeds block of {args.readme}")
             print(text)
+            plot = os.path.join(RESULTS_ROOT, f"{args.dataset}-by-length.png") if args.plot is None else args.plot
+            if plot and (args.plot or _has_length_buckets(_seed_runs(args.dataset))):
+                plot_by_length(args.dataset, plot)
+                print(f"wrote {plot}")
         else:
             table(args.dataset, args.rows.split(",") if args.rows else None, extra)
     except (ExperimentError, ConfigError) as e:

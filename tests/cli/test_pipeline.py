@@ -166,6 +166,7 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- d-seeds -->\nold\n<!-- /d-seeds -->\nrest\n")
     assert experiment.main(["seeds", "d", "--readme", str(readme)]) == 0
+    assert not (tmp_path / "d-by-length.png").exists()  # no length buckets: no plot
     shown = text[text.index("| row |"):text.index("## Each run")].rstrip("\n") + "\n"
     assert shown.endswith("signature: sig\n")
     assert readme.read_text() == "intro\n<!-- d-seeds -->\n" + shown + "<!-- /d-seeds -->\nrest\n"
@@ -218,6 +219,29 @@ def test_seed_table_reports_bleu_by_source_length_over_seeds(tmp_path, monkeypat
     write("short-seed3.test.json", [1.0, 1.0], sentences=(4, 4))
     with pytest.raises(experiment.ExperimentError, match="length_buckets differ between runs"):
         experiment.seed_table("d")
+
+
+def test_seeds_plot_draws_bleu_by_source_length(tmp_path, monkeypatch):
+    from floater_fairseq.cli import experiment
+    monkeypatch.setattr(experiment, "RESULTS_ROOT", str(tmp_path))
+    folder = tmp_path / "d" / "seeds"
+    folder.mkdir(parents=True)
+    (folder / "plain-seed1.test.json").write_text(json.dumps({"bleu": 30.0, "seed": 1, "signature": "sig"}))
+    with pytest.raises(experiment.ExperimentError, match="no test results of d have length_buckets"):
+        experiment.plot_by_length("d", str(tmp_path / "p.png"))
+    for name, seed, bleus in (("short", 1, [40.0, 10.0]), ("short", 2, [44.0, None]), ("short-all-lengths", 1, [45.0, 30.0])):
+        (folder / f"{name}-seed{seed}.test.json").write_text(json.dumps({"bleu": 30.0, "seed": seed, "signature": "sig",
+            "length_buckets": {"buckets": ["1-12", "13-99"], "bleu": bleus, "sentences": [5, 3]}}))
+    png = tmp_path / "plots" / "by-length.png"
+    assert experiment.main(["seeds", "d", "--readme", "", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert experiment.main(["seeds", "d", "--readme", ""]) == 0  # by default beside the table
+    assert (tmp_path / "d-by-length.png").read_bytes() == png.read_bytes()
+    series = experiment.plot_by_length("d", str(png))
+    assert set(series) == {"short", "short-all-lengths"}  # a run without buckets is not drawn
+    assert series["short"]["mean"] == [42.0, 10.0] and series["short"]["low"] == [40.0, 10.0]
+    assert series["short"]["high"] == [44.0, 10.0] and series["short"]["seeds"] == 2
+    assert series["short-all-lengths"]["dashed"] and not series["short"]["dashed"]
 
 
 def test_a_difference_is_a_result_only_beyond_the_seeds_spread(tmp_path, monkeypatch):
