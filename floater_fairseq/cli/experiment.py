@@ -350,8 +350,16 @@ def _seed_runs(dataset: str) -> dict:
     return runs
 
 
-def _has_length_buckets(runs) -> bool:
-    return any("length_buckets" in r for subsets in runs.values() for r in subsets.get("test", []))
+def _bucketed(runs) -> dict:
+    """{ROW: [the length_buckets of each test result]} for the rows whose test results have them."""
+    rows = {row: [r["length_buckets"] for r in subsets.get("test", []) if "length_buckets" in r]
+            for row, subsets in runs.items()}
+    return {row: records for row, records in rows.items() if records}
+
+
+def _bucket_scores(records, k) -> list:
+    """Bucket k's BLEU over the runs, an empty bucket (None) left out."""
+    return [r["bleu"][k] for r in records if r["bleu"][k] is not None]
 
 
 def plot_by_length(dataset: str, path: str) -> dict:
@@ -359,15 +367,13 @@ def plot_by_length(dataset: str, path: str) -> dict:
     each ROW-all-lengths reference dashed in its row's colour. Returns the plotted series."""
     import statistics
     series = {}
-    for row, subsets in _seed_runs(dataset).items():
-        records = [r["length_buckets"] for r in subsets.get("test", []) if "length_buckets" in r]
-        if records:
-            values = [[r["bleu"][k] for r in records if r["bleu"][k] is not None] for k in range(len(records[0]["bleu"]))]
-            series[row] = {"buckets": [f"{b}\n({n})" for b, n in zip(records[0]["buckets"], records[0]["sentences"])],
-                           "mean": [statistics.mean(v) if v else None for v in values],
-                           "low": [min(v) if v else None for v in values],
-                           "high": [max(v) if v else None for v in values], "seeds": len(records),
-                           "dashed": row.endswith(REFERENCE_SUFFIX)}
+    for row, records in _bucketed(_seed_runs(dataset)).items():
+        values = [_bucket_scores(records, k) for k in range(len(records[0]["bleu"]))]
+        series[row] = {"buckets": [f"{b}\n({n})" for b, n in zip(records[0]["buckets"], records[0]["sentences"])],
+                       "mean": [statistics.mean(v) if v else None for v in values],
+                       "low": [min(v) if v else None for v in values],
+                       "high": [max(v) if v else None for v in values], "seeds": len(records),
+                       "dashed": row.endswith(REFERENCE_SUFFIX)}
     if not series:
         raise ExperimentError(f"no test results of {dataset} have length_buckets: nothing to plot (the "
                               "short-to-long configs' evaluate section sets them)")
@@ -378,7 +384,7 @@ def plot_by_length(dataset: str, path: str) -> dict:
         base = row[:-len(REFERENCE_SUFFIX)] if line["dashed"] else row
         x = [k for k, m in enumerate(line["mean"]) if m is not None]
         mean = [line["mean"][k] for k in x]
-        error = [[mean[i] - line["low"][k] for i, k in enumerate(x)], [line["high"][k] - mean[i] for i, k in enumerate(x)]]
+        error = [[m - line["low"][k] for m, k in zip(mean, x)], [line["high"][k] - m for m, k in zip(mean, x)]]
         drawn = ax.errorbar(x, mean, yerr=error, marker="o", capsize=3, linestyle="--" if line["dashed"] else "-",
                             color=colours.get(base), label=f"{row} ({line['seeds']} seed{'s' * (line['seeds'] > 1)})")
         colours.setdefault(base, drawn.lines[0].get_color())
@@ -451,7 +457,7 @@ def _run_table(dataset: str, runs, updates_of) -> list:
     """One line per run: its seed, BLEU (and test BLEU per length bucket), updates, training time,
     and the config and training log kept beside its results (a reference row's are those of the run
     it decoded again, kept with that run's dataset)."""
-    bucketed = _has_length_buckets(runs)
+    bucketed = bool(_bucketed(runs))
     lines = [RUN_TABLE_TITLE, "", "Every run behind the tables above, with the config and training log kept "
              "beside its results.", "",
              "| row | seed | test | valid |" + (" test by source length |" if bucketed else "")
@@ -566,9 +572,7 @@ def _comparison_table(runs, baseline_row) -> list:
 def _length_bucket_table(runs) -> list:
     """Rows whose test results carry length_buckets: BLEU per source-length bucket, mean ± std."""
     import statistics
-    rows = {row: [r["length_buckets"] for r in subsets.get("test", []) if "length_buckets" in r]
-            for row, subsets in runs.items()}
-    rows = {row: records for row, records in rows.items() if records}
+    rows = _bucketed(runs)
     if not rows:
         return []
     layouts = {(tuple(b["buckets"]), tuple(b["sentences"])) for records in rows.values() for b in records}
@@ -578,7 +582,6 @@ def _length_bucket_table(runs) -> list:
     buckets, counts = layouts.pop()
 
     def cell(values):
-        values = [v for v in values if v is not None]
         if not values:
             return "-"
         spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
@@ -588,12 +591,9 @@ def _length_bucket_table(runs) -> list:
              "in brackets):", "", "| row | " + " | ".join(f"{b} ({n})" for b, n in zip(buckets, counts)) + " | seeds |",
              "|---|" + "---|" * (len(buckets) + 1)]
     for row, records in rows.items():
-        per_bucket = [cell([r["bleu"][k] for r in records]) for k in range(len(buckets))]
+        per_bucket = [cell(_bucket_scores(records, k)) for k in range(len(buckets))]
         lines.append(f"| {row} | " + " | ".join(per_bucket) + f" | {len(records)} |")
     header = ["| row | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
-
-    def bucket(records, k):
-        return [r["bleu"][k] for r in records if r["bleu"][k] is not None]
     if any(row.endswith(REFERENCE_SUFFIX) for row in rows):
         lines += ["", f"ROW{REFERENCE_SUFFIX}: ROW's runs trained on all lengths (the 12-epoch table), scored on "
                   "these buckets: what the same encoder reaches when long sources are in training."]
@@ -602,7 +602,7 @@ def _length_bucket_table(runs) -> list:
         lines += ["", f"What training only on short sources costs each encoder: ROW minus ROW{REFERENCE_SUFFIX} per "
                   "bucket (difference of the means, and the rule above):", "", *header]
         for row in short_and_all:
-            cells = [difference(bucket(rows[row], k), bucket(rows[row + REFERENCE_SUFFIX], k), 1)
+            cells = [difference(_bucket_scores(rows[row], k), _bucket_scores(rows[row + REFERENCE_SUFFIX], k), 1)
                      for k in range(len(buckets))]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if BASELINE_ROW not in rows or len(_compared(rows)) < 2:
@@ -612,7 +612,8 @@ def _length_bucket_table(runs) -> list:
     for row in _compared(rows):
         if row == BASELINE_ROW:
             continue
-        cells = [difference(bucket(rows[row], k), bucket(rows[BASELINE_ROW], k), 1) for k in range(len(buckets))]
+        cells = [difference(_bucket_scores(rows[row], k), _bucket_scores(rows[BASELINE_ROW], k), 1)
+                 for k in range(len(buckets))]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
 
@@ -699,7 +700,7 @@ def main(argv=None):
                 print(f"updated the {args.dataset}-seeds block of {args.readme}")
             print(text)
             plot = os.path.join(RESULTS_ROOT, f"{args.dataset}-by-length.png") if args.plot is None else args.plot
-            if plot and (args.plot or _has_length_buckets(_seed_runs(args.dataset))):
+            if plot and (args.plot or _bucketed(_seed_runs(args.dataset))):
                 plot_by_length(args.dataset, plot)
                 print(f"wrote {plot}")
         else:
