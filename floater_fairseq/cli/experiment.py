@@ -481,11 +481,15 @@ def _run_table(dataset: str, runs, updates_of) -> list:
 
 
 def readme_tables(seed_table_text: str) -> str:
-    """The part of a seeded table that README shows: its tables and notes, without the title and
-    without the list of each run."""
+    """The part of a seeded table that README shows: its tables (whose first column says what each
+    holds) and the sacreBLEU signature; the title, the notes and the list of each run stay in the
+    results file, which README links."""
     start = seed_table_text.index("| row |")
     end = seed_table_text.find(RUN_TABLE_TITLE)
-    return seed_table_text[start:end].rstrip("\n") + "\n" if end >= 0 else seed_table_text[start:]
+    body = seed_table_text[start:end if end >= 0 else None]
+    shown = [block.strip("\n") for block in body.split("\n\n")
+             if block.startswith("|") or block.startswith("sacreBLEU signature")]
+    return "\n\n".join(shown) + "\n"
 
 
 def separation(scores, baseline) -> str:
@@ -588,19 +592,21 @@ def _length_bucket_table(runs) -> list:
         return f"{statistics.mean(values):.1f}{spread}"
 
     lines = ["", "BLEU on test by source length in subwords (mean ± std over the seeds; sentences per bucket "
-             "in brackets):", "", "| row | " + " | ".join(f"{b} ({n})" for b, n in zip(buckets, counts)) + " | seeds |",
+             "in brackets):", "", "| test BLEU by source length | " + " | ".join(f"{b} ({n})" for b, n in zip(buckets, counts))
+             + " | seeds |",
              "|---|" + "---|" * (len(buckets) + 1)]
     for row, records in rows.items():
         per_bucket = [cell(_bucket_scores(records, k)) for k in range(len(buckets))]
         lines.append(f"| {row} | " + " | ".join(per_bucket) + f" | {len(records)} |")
-    header = ["| row | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
+    def header(minus):
+        return [f"| ROW minus {minus} | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
     if any(row.endswith(REFERENCE_SUFFIX) for row in rows):
         lines += ["", f"ROW{REFERENCE_SUFFIX}: ROW's runs trained on all lengths (the 12-epoch table), scored on "
                   "these buckets: what the same encoder reaches when long sources are in training."]
     short_and_all = [row for row in _compared(rows) if row + REFERENCE_SUFFIX in rows]
     if short_and_all:
         lines += ["", f"What training only on short sources costs each encoder: ROW minus ROW{REFERENCE_SUFFIX} per "
-                  "bucket (difference of the means, and the rule above):", "", *header]
+                  "bucket (difference of the means, and the rule above):", "", *header(f"ROW{REFERENCE_SUFFIX}")]
         for row in short_and_all:
             cells = [difference(_bucket_scores(rows[row], k), _bucket_scores(rows[row + REFERENCE_SUFFIX], k), 1)
                      for k in range(len(buckets))]
@@ -608,7 +614,7 @@ def _length_bucket_table(runs) -> list:
     if BASELINE_ROW not in rows or len(_compared(rows)) < 2:
         return lines
     lines += ["", f"Against {BASELINE_ROW} per bucket (difference of the means, and whether the seeds' ranges "
-              "separate, the rule above):", "", *header]
+              "separate, the rule above):", "", *header(BASELINE_ROW)]
     for row in _compared(rows):
         if row == BASELINE_ROW:
             continue

@@ -167,8 +167,10 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
     readme.write_text("intro\n<!-- d-seeds -->\nold\n<!-- /d-seeds -->\nrest\n")
     assert experiment.main(["seeds", "d", "--readme", str(readme)]) == 0
     assert not (tmp_path / "d-by-length.png").exists()  # no length buckets: no plot
-    shown = text[text.index("| row |"):text.index("## Each run")].rstrip("\n") + "\n"
-    assert shown.endswith("signature: sig\n")
+    start = text.index("| row |")
+    table = text[start:text.index("\n\n", start)]
+    shown = f"{table}\n\nsacreBLEU signature: sig\n"  # the notes stay in the results file
+    assert "train minutes: fairseq's cumulative" in text
     assert readme.read_text() == "intro\n<!-- d-seeds -->\n" + shown + "<!-- /d-seeds -->\nrest\n"
     assert "a + b updates" not in text
     # a warm-started row (the paper's protocol): its updates follow the same seed's source run's
@@ -196,18 +198,22 @@ def test_seed_table_reports_bleu_by_source_length_over_seeds(tmp_path, monkeypat
     write("short-seed2.test.json", [42.0, None])  # an empty bucket is left out of the mean
     write("short-seed1.valid.json", [1.0, 1.0])  # valid: not in the by-length table
     text = experiment.seed_table("d")
-    assert "| row | 1-12 (5) | 13-99 (3) | seeds |" in text
+    assert "| test BLEU by source length | 1-12 (5) | 13-99 (3) | seeds |" in text
     assert "| short | 41.0 ± 1.4 | 10.0 | 2 |" in text
     for seed, bleus in ((1, [38.0, 5.0]), (2, [39.0, 6.0])):
         write(f"sinusoidal-input-seed{seed}.test.json", bleus)
     text = experiment.seed_table("d")
-    assert "| row | 1-12 | 13-99 |" in text and "| short | +2.5, above every seed (chance 0.33) | +4.5, too few seeds |" in text
+    assert "| ROW minus sinusoidal-input | 1-12 | 13-99 |" in text and "| short | +2.5, above every seed (chance 0.33) | +4.5, too few seeds |" in text
     write("short-all-lengths-seed1.test.json", [45.0, 30.0])  # a reference: in the table, not compared
     text = experiment.seed_table("d")
     assert "| short-all-lengths | 45.0 | 30.0 | 1 |" in text and "| short-all-lengths | sinu" not in text
     # what short training costs the row: against its own reference, bucket by bucket
-    assert "ROW minus ROW-all-lengths" in text and "| short | -4.0, too few seeds | -20.0, too few seeds |" in text
+    assert "| ROW minus ROW-all-lengths | 1-12 | 13-99 |" in text and "| short | -4.0, too few seeds | -20.0, too few seeds |" in text
     assert "| short-all-lengths | +" not in text and "ROW-all-lengths: ROW's runs trained on all lengths" in text
+    shown = experiment.readme_tables(text)  # README's block: every table, none of the notes
+    tables = [line for line in text[:text.index("## Each run")].splitlines() if line.startswith("|")]
+    assert len(tables) > 10 and all(line in shown for line in tables) and "## Each run" not in shown
+    assert "What training only" not in shown and "ROW-all-lengths: ROW's runs" not in shown
     # a reference's files are those of the run it decoded again, kept with that run's dataset
     (tmp_path / "full" / "seeds").mkdir(parents=True)
     (tmp_path / "full" / "seeds" / "short-seed1.train.log").write_text("log\n")
