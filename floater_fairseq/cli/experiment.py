@@ -424,14 +424,16 @@ def seed_table(dataset: str) -> str:
         return f"{before[0]} + {record.get('updates')}" if source and before else str(record.get("updates"))
 
     lines = [f"# {dataset}: BLEU over seeds (mean ± std; checkpoint_last, sacreBLEU)", "",
-             "| row | test | valid | seeds | updates | train minutes (mean) |", "|---|---|---|---|---|---|"]
+             "| row | test | valid | seeds | updates per run | train minutes (mean) |", "|---|---|---|---|---|---|"]
     warm = False
     for row, subsets in runs.items():
         test = subsets.get("test", [])
         minutes = [r["train_seconds"] / 60 for r in test if "train_seconds" in r]
         valid = subsets.get("valid", [])
         seeds = ", ".join(str(r.get("seed")) for r in test) or "-"
-        updates = ", ".join(updates_of(r) for r in test) or "-"
+        per_run = [updates_of(r) for r in test]
+        # one value when every run trained as many updates
+        updates = (per_run[0] if len(set(per_run)) == 1 else ", ".join(per_run)) if per_run else "-"
         warm = warm or "+" in updates
         minutes = f"{statistics.mean(minutes):.0f}" if minutes else "-"
         lines.append(f"| {row} | {cell(test) if test else '-'} | {cell(valid) if valid else '-'} | {seeds} | "

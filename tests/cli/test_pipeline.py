@@ -157,7 +157,7 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
                 {"bleu": bleu + shift, "seed": seed, "updates": 3036, "train_seconds": 600.0 * seed, "signature": "sig"}))
     (folder / "row-seed2.yaml").write_text("train: {}\n")  # the run's config, kept beside its results
     text = experiment.seed_table("d")
-    assert "| row | 38.00 ± 1.00 (n=3) | 39.00 ± 1.00 (n=3) | 1, 2, 3 | 3036, 3036, 3036 | 20 |" in text
+    assert "| row | 38.00 ± 1.00 (n=3) | 39.00 ± 1.00 (n=3) | 1, 2, 3 | 3036 | 20 |" in text
     assert (tmp_path / "d-seeds.md").read_text() == text
     # each run on its own line, linking the files that exist
     assert "| row | 1 | 37.00 | 38.00 | 3036 | 10 | - | - |" in text
@@ -173,6 +173,9 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
     assert "train minutes: fairseq's cumulative" in text
     assert readme.read_text() == "intro\n<!-- d-seeds -->\n" + shown + "<!-- /d-seeds -->\nrest\n"
     assert "a + b updates" not in text
+    for seed, updates in ((1, 100), (2, 200)):  # runs that trained different numbers of updates: each listed
+        (folder / f"uneven-seed{seed}.test.json").write_text(json.dumps({"bleu": 1.0, "seed": seed, "updates": updates, "signature": "sig"}))
+    assert "| uneven | 1.00 ± 0.00 (n=2) | - | 1, 2 | 100, 200 | - |" in experiment.seed_table("d")
     # a warm-started row (the paper's protocol): its updates follow the same seed's source run's
     monkeypatch.setattr(experiment, "REPO", str(tmp_path))
     (tmp_path / "warm.yaml").write_text("dataset: d\ndata: x\ntrain: {arch: a}\nevaluate: {}\n"
