@@ -600,6 +600,7 @@ def _length_bucket_table(runs) -> list:
     for row, records in rows.items():
         per_bucket = [cell(_bucket_scores(records, k)) for k in range(len(buckets))]
         lines.append(f"| {row} | " + " | ".join(per_bucket) + f" | {len(records)} |")
+
     def header(minus):
         return [f"| ROW minus {minus} | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
     if any(row.endswith(REFERENCE_SUFFIX) for row in rows):
