@@ -8,8 +8,12 @@ For each size and FLOATER solver setting, against the vanilla model, in one run:
   * extra ops: FLOATER's extra leaf aten ops in one training step on 8 sentences of 100 tokens
     (the kernel launches that dominate on accelerators; ``--ops`` shows them against length).
 Absolute times are printed only with ``--absolute`` (they mean little on a shared CPU).
+On a GPU (``--device cuda``) times are taken between synchronisations, memory is the CUDA
+allocator's peak, and ``--fp16`` trains as ``fairseq-train --fp16`` does (a half-precision
+model, fairseq's FP16Optimizer with fp32 master weights and loss scaling).
 
     python -m benchmarks.bench_speed --sizes small,iwslt --settings default,parallel
+    python -m benchmarks.bench_speed --device cuda --fp16 --sizes iwslt,wmt --settings default,rk4-dt/5 --absolute
     python -m benchmarks.bench_speed --ops 50,100,200,400,1000 --sizes iwslt --settings rk4-dt/5,parallel
 """
 import argparse
@@ -24,7 +28,9 @@ import torch
 
 from fairseq import options
 from fairseq.data import Dictionary
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import ARCH_MODEL_REGISTRY
+from fairseq.optim.fp16_optimizer import FP16Optimizer
 from fairseq.sequence_generator import SequenceGenerator
 
 import floater_fairseq  # noqa: F401  (registers floater_transformer)
@@ -36,6 +42,7 @@ SIZES = {
                               "--decoder-ffn-embed-dim", "1024", "--encoder-attention-heads", "4",
                               "--decoder-attention-heads", "4"]),
     "iwslt": ("transformer_iwslt_de_en", []),
+    "wmt": ("transformer_wmt_en_de", []),  # Transformer base
 }
 SETTINGS = {
     "rk4-dt/5": ["--floater-method", "rk4"],  # step DT/5: the paper's setting, the reference solve
@@ -51,20 +58,47 @@ SETTINGS = {
 }
 
 
-def build_floater(arch_suffix, flags, setting, dictionary):
-    model = build("floater_" + arch_suffix, flags + SETTINGS[setting], dictionary)
+def build_floater(arch_suffix, flags, setting, dictionary, placement=None):
+    model = build("floater_" + arch_suffix, flags + SETTINGS[setting], dictionary, placement=placement)
     if setting == "no-solve":
         signal = model.position_encoder.signal
-        signal.solve = lambda n: signal.initial_values.unsqueeze(0).expand(n, *signal.initial_values.shape)
+        signal.solve = lambda n: signal.initial_values.to(signal.ode_dtype).unsqueeze(0).expand(
+            n, *signal.initial_values.shape)
     return model
 
 
-def build(arch, flags, dictionary, seed=0):
+class Placement(types.SimpleNamespace):
+    """Where the models run: ``device`` and ``fp16`` (a half model, as fairseq's Trainer makes it)."""
+
+    def model(self, model):
+        model = model.to(self.device)
+        return model.half() if self.fp16 else model
+
+    def batches(self, batches):
+        return [tuple(t.to(self.device) for t in batch) for batch in batches]
+
+    def optimizer(self, model):
+        if not self.fp16:
+            return torch.optim.Adam(model.parameters(), lr=1e-4)
+        parser = options.get_training_parser()
+        args = options.parse_args_and_arch(parser, ["x", "--task", "translation", "--arch", "transformer", "--fp16",
+                                                    "--optimizer", "adam", "--lr", "1e-4"])
+        return FP16Optimizer.build_optimizer(convert_namespace_to_omegaconf(args), list(model.parameters()))
+
+    def synchronize(self):
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize()
+
+
+CPU = Placement(device="cpu", fp16=False)
+
+
+def build(arch, flags, dictionary, seed=0, placement=None):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, ["x", "--task", "translation", "--arch", arch, "--dropout", "0.1", *flags])
     task = types.SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
     torch.manual_seed(seed)
-    return ARCH_MODEL_REGISTRY[arch].build_model(args, task)
+    return (placement or CPU).model(ARCH_MODEL_REGISTRY[arch].build_model(args, task))
 
 
 def make_batches(dictionary, tokens_per_batch, mean_len, count, seed):
@@ -85,10 +119,18 @@ def make_batches(dictionary, tokens_per_batch, mean_len, count, seed):
 
 def train_step(model, optimizer, batch):
     src, src_lengths, prev, tgt = batch
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     logits, _ = model(src, src_lengths, prev)
-    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1))
-    loss.backward()
+    # in float32, as fairseq's criterions normalise half-precision logits
+    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), tgt.view(-1))
+    if isinstance(optimizer, FP16Optimizer):  # the order of fairseq's Trainer.train_step
+        optimizer.backward(loss)
+        try:
+            optimizer.clip_grad_norm(0.0)
+        except OverflowError:  # the loss scaler lowers its scale; the Trainer skips such a step
+            return
+    else:
+        loss.backward()
     optimizer.step()
 
 
@@ -123,43 +165,47 @@ def leaf_op_count(model, batch) -> int:
                and not any(child.name.startswith("aten::") for child in event.cpu_children))
 
 
-def op_counts(size, settings, lengths, dictionary, sentences=8):
+def op_counts(size, settings, lengths, dictionary, sentences=8, placement=CPU):
     """Extra leaf ops of FLOATER over the vanilla step, per setting and sentence length. (FLOATER's extra
     ops barely depend on the number of sentences, the vanilla step's do: 1,312 vs 1,344 extra and 705
     vs 1,082 vanilla for 2 vs 8 sentences of 100 tokens; use fewer at long lengths to save memory.)"""
     arch_suffix, flags = SIZES[size]
-    vanilla = build(arch_suffix, flags, dictionary)
-    floaters = {setting: build_floater(arch_suffix, flags, setting, dictionary) for setting in settings}
+    vanilla = build(arch_suffix, flags, dictionary, placement=placement)
+    floaters = {setting: build_floater(arch_suffix, flags, setting, dictionary, placement) for setting in settings}
     rows = []
     for length in lengths:
-        batch = make_batches(dictionary, sentences * length, length, 1, seed=3)[0]
+        batch = placement.batches(make_batches(dictionary, sentences * length, length, 1, seed=3))[0]
         base = leaf_op_count(vanilla, batch)
         rows.append((length, base, {s: leaf_op_count(m, batch) - base for s, m in floaters.items()}))
     return rows
 
 
-def timed(fn, *args):
+def timed(placement, fn, *args):
+    placement.synchronize()  # device work is asynchronous: time between synchronisations
     start = time.perf_counter()
     fn(*args)
+    placement.synchronize()
     return time.perf_counter() - start
 
 
-def compare_times(size, setting, args, dictionary):
+def compare_times(size, setting, args, dictionary, placement=CPU):
     arch_suffix, flags = SIZES[size]
-    models = {"vanilla": build(arch_suffix, flags, dictionary),
-              "floater": build_floater(arch_suffix, flags, setting, dictionary)}
-    optimizers = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
+    models = {"vanilla": build(arch_suffix, flags, dictionary, placement=placement),
+              "floater": build_floater(arch_suffix, flags, setting, dictionary, placement)}
+    optimizers = {k: placement.optimizer(m) for k, m in models.items()}
     times = {(phase, k): [] for phase in ("train", "generate") for k in models}
-    for i, batch in enumerate(make_batches(dictionary, args.max_tokens, args.mean_len, args.train_reps + 1, seed=1)):
+    batches = make_batches(dictionary, args.max_tokens, args.mean_len, args.train_reps + 1, seed=1)
+    for i, batch in enumerate(placement.batches(batches)):
         for name, model in models.items():
             model.train()
-            t = timed(train_step, model, optimizers[name], batch)
+            t = timed(placement, train_step, model, optimizers[name], batch)
             if i > 0:  # the first round is warm-up
                 times[("train", name)].append(t)
-    for i, batch in enumerate(make_batches(dictionary, args.gen_tokens, args.mean_len, args.gen_reps + 1, seed=2)):
+    batches = make_batches(dictionary, args.gen_tokens, args.mean_len, args.gen_reps + 1, seed=2)
+    for i, batch in enumerate(placement.batches(batches)):
         for name, model in models.items():
             model.eval()
-            t = timed(generate, model, dictionary, batch)
+            t = timed(placement, generate, model, dictionary, batch)
             if i > 0:
                 times[("generate", name)].append(t)
     return {phase: (statistics.median(times[(phase, "vanilla")]), statistics.median(times[(phase, "floater")]))
@@ -189,7 +235,25 @@ def _peak_step_memory(size, setting, max_tokens, mean_len, vocab, threads):
     return (_status_kib("VmHWM") - before) * 1024
 
 
-def peak_memory(size, setting, args):
+def _peak_cuda_step_memory(size, setting, args, dictionary, placement):
+    """Peak CUDA allocator memory of one training step above the memory before it (bytes)."""
+    arch_suffix, flags = SIZES[size]
+    model = build(arch_suffix, flags, dictionary, placement=placement) if setting is None else \
+        build_floater(arch_suffix, flags, setting, dictionary, placement)
+    optimizer = placement.optimizer(model)
+    batches = placement.batches(make_batches(dictionary, args.max_tokens, args.mean_len, 2, seed=1))
+    train_step(model, optimizer, batches[0])  # optimizer state exists before the measured step
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    train_step(model, optimizer, batches[1])
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def peak_memory(size, setting, args, dictionary=None, placement=CPU):
+    if torch.device(placement.device).type == "cuda":
+        return _peak_cuda_step_memory(size, setting, args, dictionary, placement)
     # glibc then maps every block of >= 64 KiB on its own and unmaps it on free, so resident memory
     # follows the live tensors instead of keeping the warm-up step's freed blocks
     previous = os.environ.get("MALLOC_MMAP_THRESHOLD_")
@@ -232,6 +296,9 @@ def main(argv=None):
     parser.add_argument("--gen-reps", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: a GPU (times between synchronisations, "
+                        "memory from the CUDA allocator)")
+    parser.add_argument("--fp16", action="store_true", help="train and generate as fairseq-train --fp16 does")
     parser.add_argument("--absolute", action="store_true", help="also print the median seconds")
     parser.add_argument("--ops", help="only count FLOATER's extra leaf aten ops per training step, at these "
                                       "comma-separated lengths, e.g. 50,100,200,400,1000")
@@ -244,15 +311,20 @@ def main(argv=None):
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         parser.error(f"unknown --settings {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here; run on a GPU machine or use --device cpu")
+    if args.fp16 and torch.device(args.device).type == "cpu":
+        parser.error("--fp16 needs --device cuda (fairseq trains in fp16 on accelerators only)")
+    placement = Placement(device=args.device, fp16=args.fp16)
     dictionary = make_dictionary(args.vocab)
-    print(f"# {machine()}")
+    print(f"# {machine()}; {args.device}, {'fp16' if args.fp16 else 'fp32'}, vocabulary {args.vocab}")
     if args.ops:
         for size in args.sizes.split(","):
             print(f"# {size}: leaf aten ops of one training step (forward + backward), {args.ops_sentences} "
                   f"sentences; vanilla, and FLOATER's extra ops per setting")
             print(f"{'length':>6} {'vanilla':>8} " + " ".join(f"{s:>14}" for s in settings))
             for length, base, extra in op_counts(size, settings, [int(n) for n in args.ops.split(",")], dictionary,
-                                                 args.ops_sentences):
+                                                 args.ops_sentences, placement):
                 print(f"{length:6d} {base:8d} " + " ".join(f"{extra[s]:14d}" for s in settings), flush=True)
         return
     print(f"# ratios FLOATER / vanilla: train step on {args.max_tokens}-token batches (mean length {args.mean_len}), "
@@ -261,11 +333,11 @@ def main(argv=None):
     header = f"{'size':6} {'setting':15} {'train':>6} {'generate':>8} {'memory':>6} {'extra ops':>9}"
     print(header + ("  train s (van/fl)  generate s (van/fl)" if args.absolute else ""))
     for size in args.sizes.split(","):
-        vanilla_memory = peak_memory(size, None, args)
+        vanilla_memory = peak_memory(size, None, args, dictionary, placement)
         for setting in settings:
-            times = compare_times(size, setting, args, dictionary)
-            memory = peak_memory(size, setting, args) / vanilla_memory
-            extra = op_counts(size, [setting], [100], dictionary)[0][2][setting]
+            times = compare_times(size, setting, args, dictionary, placement)
+            memory = peak_memory(size, setting, args, dictionary, placement) / vanilla_memory
+            extra = op_counts(size, [setting], [100], dictionary, placement=placement)[0][2][setting]
             (tv, tf), (gv, gf) = times["train"], times["generate"]
             row = f"{size:6} {setting:15} {tf / tv:6.3f} {gf / gv:8.3f} {memory:6.3f} {extra:9d}"
             if args.absolute:
