@@ -2,7 +2,7 @@
 # FLOATER against fairseq's transformer on a GPU, fp16 as `fairseq-train --fp16` trains, side by side
 # in one process per size: train step, beam-5 generation, peak CUDA memory, extra leaf ops; then the
 # extra ops against sentence length. Writes DEST/bench-speed-gpu-{iwslt,wmt,ops}.txt (DEST: first
-# argument, default results/speed). Needs a CUDA GPU, torch and torchdiffeq; where fairseq is not
+# argument, default results/speed; PARTS picks, SETTINGS sets bench_speed's --settings). Needs a CUDA GPU, torch and torchdiffeq; where fairseq is not
 # installed, wheels in .whl/ are installed into /tmp/site first (fairseq-fixed, hydra-core,
 # omegaconf, antlr4-python3-runtime, bitarray, for the machine's Python).
 #   scripts/bench-speed-gpu.sh /tmp/out
@@ -22,9 +22,12 @@ export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 SETTINGS=${SETTINGS:-default,rk4-dt/5}
 COMMON=(--device cuda --fp16 --absolute --max-tokens 4096 --train-reps 20 --gen-reps 5 --gen-tokens 2000)
 # vocabularies as in the real tasks: IWSLT14 de-en ~8k joined types, WMT en-de 32k shared BPE
-"$PY" -m benchmarks.bench_speed "${COMMON[@]}" --sizes iwslt --vocab 8000 --settings "$SETTINGS" \
-  | tee "$DEST/bench-speed-gpu-iwslt.txt"
-"$PY" -m benchmarks.bench_speed "${COMMON[@]}" --sizes wmt --vocab 32000 --settings "$SETTINGS" \
-  | tee "$DEST/bench-speed-gpu-wmt.txt"
-"$PY" -m benchmarks.bench_speed --device cuda --fp16 --ops 50,100,200,400,1000 --sizes iwslt,wmt \
-  --settings default | tee "$DEST/bench-speed-gpu-ops.txt"
+for part in ${PARTS:-iwslt wmt ops}; do
+  case $part in
+    iwslt) "$PY" -m benchmarks.bench_speed "${COMMON[@]}" --sizes iwslt --vocab 8000 --settings "$SETTINGS" ;;
+    wmt) "$PY" -m benchmarks.bench_speed "${COMMON[@]}" --sizes wmt --vocab 32000 --settings "$SETTINGS" ;;
+    ops) "$PY" -m benchmarks.bench_speed --device cuda --fp16 --ops 50,100,200,400,1000 --sizes iwslt,wmt \
+           --settings default ;;
+    *) echo "unknown part $part: choose from iwslt wmt ops" >&2; exit 2 ;;
+  esac | tee "$DEST/bench-speed-gpu-$part.txt"
+done
