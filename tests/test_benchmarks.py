@@ -3,6 +3,8 @@ coarser steps are further from it, and the op counter sees rk4's launches grow w
 the parallel solve's do not."""
 import os
 
+import torch
+
 from conftest import REPO
 from fairseq.data import Dictionary
 
@@ -38,3 +40,32 @@ def test_op_counter_sees_rk4_grow_with_length_and_parallel_not():
     assert long["parallel"] < long["rk4-dt"] / 5
     # without the solve, FLOATER-all's extra ops (the q/k/v biases) hardly depend on the length (67 vs 68)
     assert 0 < long["no-solve"] < short["parallel"] and abs(long["no-solve"] - short["no-solve"]) <= 2
+
+
+def test_fp16_train_step_goes_through_fairseqs_fp16_optimizer(monkeypatch):
+    """--fp16's training step (run on GPUs) trains the half model through fp32 master weights. fairseq
+    keys the flat master copy by torch.cuda.current_device(); on this CPU the parameters' device index
+    (None) stands in for it."""
+    monkeypatch.setattr("torch.cuda.current_device", lambda: None)
+    dictionary = Dictionary()
+    for i in range(50):
+        dictionary.add_symbol(f"w{i}")
+    flags = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16", "--decoder-embed-dim",
+             "16", "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads",
+             "2", "--decoder-attention-heads", "2"]
+    placement = bench_speed.Placement(device="cpu", fp16=True)
+    model = bench_speed.build_floater("transformer", flags, "parallel", dictionary, placement)
+    optimizer = placement.optimizer(model)
+    assert isinstance(optimizer, bench_speed.FP16Optimizer)
+    master = next(iter(optimizer.fp32_params.values()))
+    assert master.dtype == torch.float32 and all(p.dtype == torch.float16 for p in model.parameters())
+    before = master.detach().clone()
+    batch = placement.batches(bench_speed.make_batches(dictionary, 200, 10, 1, seed=1))[0]
+    for _ in range(2):
+        bench_speed.train_step(model, optimizer, batch)
+    # Adam moves every master weight that has a gradient (the pad and unused embedding rows have none)
+    assert (master.data != before).float().mean() > 0.5
+    offset = 0  # the half model holds the fp32 master weights, rounded
+    for p in model.parameters():
+        torch.testing.assert_close(p.float(), master.data[offset:offset + p.numel()].view_as(p), atol=2e-3, rtol=1e-3)
+        offset += p.numel()
