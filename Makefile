@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.floater-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv test demo demo-quick bench-speed clean
+.PHONY: venv test demo demo-full demo-quick bench-speed clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,9 @@ test: venv
 
 demo: venv
 	$(PY) -m floater_fairseq.cli.demo
+
+demo-full: venv
+	$(PY) -m floater_fairseq.cli.demo --full --out demo-full --results results/demo-full --readme ''
 
 demo-quick: venv
 	$(PY) -m floater_fairseq.cli.demo --quick --out demo-quick --results '' --readme ''

@@ -64,7 +64,8 @@ class Option:
 INF = math.inf
 _OPTIONS = [
     # which position encoder, and where (models/floater_transformer.py)
-    Option("position", "--pos-encoder", "floater", "position encoder (choices: the registered encoders)"),
+    Option("position", "--pos-encoder", "floater", "position encoder: a registered one, or several joined by + "
+           "(e.g. rope+floater: each part as alone, their q/k/v biases and block inputs summed)"),
     Option("position", "--pos-blocks", "all", "all: at every block (FLOATER: q/k/v biases, Eqs. 11-13; "
            "sinusoidal/learned/shifted-basis: added to each block input, Eqs. 7, 10); input: at the input "
            "embeddings only", choices=POSITION_BLOCKS),
@@ -175,8 +176,9 @@ def solver_for_device(method: str, step_size: Optional[float], dt: float, device
     return method, default_step if step_size is None else step_size
 
 
-def add_options(parser, group: str, **choices):
-    """Add a group's flags; ``choices`` overrides a flag's choices (e.g. the encoder registry).
+def add_options(parser, group: str, parsers=None, **choices):
+    """Add a group's flags; ``choices`` overrides a flag's choices (e.g. the encoder registry),
+    ``parsers`` (dest -> function) a flag's type.
     Flags carry no argparse default, so the architectures' ``fill_defaults`` can tell what the
     user gave."""
     for option in _OPTIONS:
@@ -190,6 +192,8 @@ def add_options(parser, group: str, **choices):
             kwargs["choices"] = choices.get(option.dest, option.choices)
             if option.type is not None:
                 kwargs["type"], kwargs["metavar"] = option.parse, option.metavar or option.type.__name__.upper()
+            if parsers and option.dest in parsers:
+                kwargs["type"] = parsers[option.dest]
         parser.add_argument(option.flag, **kwargs)
 
 

@@ -109,6 +109,9 @@ ROWS = {
                                "basis-projection": default("basis_projection")},
     "rope": {"pos-encoder": "rope", "pos-blocks": "all"},
     "alibi": {"pos-encoder": "alibi", "pos-blocks": "all"},
+    # issue 30: RoPE's rotation in self-attention on top of the bounded FLOATER default (input sinusoid,
+    # ODE q/k/v biases at every block); each part as alone (modules/composite.py)
+    "rope+floater": {"pos-encoder": "rope+floater", "pos-blocks": "all", "floater-dynamics": "dissipative"},
     # Luo et al. 2021: kernelized self-attention whose only position signal is its FFT relative bias
     # (sentences under 256 tokens evaluate the same sums directly: faster than the FFT there)
     "kernelized-rpe": {"pos-encoder": "none", "encoder-self-attention": "kernelized-rpe",

@@ -49,7 +49,7 @@ def randomize_floater(model, scale=0.3, seed=1):
     """Make the position signal clearly non-trivial (fresh models start with h small, b(0)=0)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.position_encoder.signal.parameters():
+        for p in model.position_encoder.part("floater").signal.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * scale)
     return model
 

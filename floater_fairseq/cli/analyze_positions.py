@@ -22,7 +22,8 @@ from typing import Dict
 import torch
 
 from ..models.floater_transformer import FloaterTransformerModel
-from ..modules.position_encoder import POSITION_ENCODER_REGISTRY, PositionRangeError
+from ..modules.composite import position_encoder_class
+from ..modules.position_encoder import PositionRangeError
 from . import common
 
 DP_THRESHOLD = 0.1
@@ -92,9 +93,10 @@ def model_from_checkpoint(path: str):
 def model_from_flags(encoder: str, flags):
     from fairseq import options
 
-    if encoder not in POSITION_ENCODER_REGISTRY:
-        raise ValueError(f"{encoder!r} is neither a checkpoint file nor a position encoder "
-                         f"({', '.join(sorted(POSITION_ENCODER_REGISTRY))})")
+    try:
+        position_encoder_class(encoder)
+    except ValueError as error:
+        raise ValueError(f"{encoder!r} is neither a checkpoint file nor a position encoder: {error}")
     flags = list(flags)
     if "--arch" not in flags:
         flags = ["--arch", "floater_transformer", *flags]

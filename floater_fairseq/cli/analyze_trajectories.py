@@ -22,10 +22,12 @@ from .analyze_positions import model_from_checkpoint
 
 
 def trajectory_norms(model, length: int) -> Dict[str, torch.Tensor]:
-    """Name -> [length] norms of each trajectory of the model's FLOATER encoder."""
-    encoder = model.position_encoder
-    if encoder.name != "floater":
-        raise ValueError(f"the checkpoint's position encoder is {encoder.name!r}, not floater: it has no trajectories")
+    """Name -> [length] norms of each trajectory of the model's FLOATER encoder (or FLOATER part of
+    a composite such as rope+floater)."""
+    encoder = model.position_encoder.part("floater")
+    if encoder is None:
+        raise ValueError(f"the checkpoint's position encoder is {model.position_encoder.name!r}, which has no "
+                         f"floater part: it has no trajectories")
     with torch.no_grad():
         return {name: matrix.float().norm(dim=-1) for name, matrix in encoder.position_matrices(length).items()}
 

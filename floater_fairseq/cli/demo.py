@@ -3,18 +3,20 @@
 Offline, on a fresh machine: a seeded synthetic translation task whose output order depends on
 positions (vocabulary mapping + reversal, see synthetic.py), trained on sentences of at most L
 words and tested on length buckets up to 4L. With the stock fairseq tools it trains, for each
-of SEEDS seeds, the sinusoidal and learned input encodings, RoPE, and FLOATER at all blocks with
-each --floater-dynamics (paper, dissipative, rotation); then reports exact match and sacreBLEU
+of SEEDS seeds, the sinusoidal input encoding, RoPE, FLOATER at all blocks with the paper's
+dynamics and with the bounded default (dissipative), and RoPE+FLOATER (--full adds the learned
+input encoding and the rotation dynamics); JOBS runs at a time, one CPU thread each; then reports exact match and sacreBLEU
 per length bucket (mean +- std over seeds) and, for FLOATER, how the trajectories' norm grows at
 2x and 4x the training length (analyze_trajectories).
 
 Writes OUT/results.{md,json} and OUT/extrapolation.png, copies them to results/demo/ and the
 table into README.md (between the demo-results markers).
 
-    python -m floater_fairseq.cli.demo [--quick] [--out demo-out] [--seeds 3]
+    python -m floater_fairseq.cli.demo [--quick | --full] [--out demo-out] [--seeds 3] [--jobs 2]
     python -m floater_fairseq.cli.demo --rerun "FLOATER dissipative"   # one row again, keep the others
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -30,14 +32,16 @@ from .analyze_trajectories import growth, trajectory_norms
 from .length_buckets import bucket_bleu, parse_generate_output
 from .synthetic import make_pairs, write_split
 
-SYSTEMS = [  # (label, flags of floater_transformer)
+SYSTEMS = [  # (label, flags of floater_transformer); the default run trains the rows that answer the question
     ("sinusoidal (input)", ["--pos-encoder", "sinusoidal", "--pos-blocks", "input"]),
     ("learned (input)", ["--pos-encoder", "learned", "--pos-blocks", "input"]),
     ("RoPE", ["--pos-encoder", "rope"]),
     ("FLOATER paper", ["--pos-encoder", "floater", "--floater-dynamics", "paper"]),
     ("FLOATER dissipative", ["--pos-encoder", "floater", "--floater-dynamics", "dissipative"]),
     ("FLOATER rotation", ["--pos-encoder", "floater", "--floater-dynamics", "rotation"]),
+    ("RoPE+FLOATER", ["--pos-encoder", "rope+floater", "--floater-dynamics", "dissipative"]),
 ]
+MAIN_SYSTEMS = ["sinusoidal (input)", "RoPE", "FLOATER paper", "FLOATER dissipative", "RoPE+FLOATER"]
 LR = 3e-3
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -194,6 +198,9 @@ def update_readme(readme: str, table: str):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds), for tests")
+    parser.add_argument("--full", action="store_true", help="every system (default: "
+                        + ", ".join(MAIN_SYSTEMS) + ")")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one CPU thread each (default 2)")
     parser.add_argument("--out", default="demo-out", help="work folder (data, checkpoints, results)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--systems", help="comma-separated labels to run (default: all)")
@@ -207,7 +214,10 @@ def main(argv=None):
     cfg = settings(args.quick)
     seeds = list(range(1, args.seeds + 1))
     labels = [label for label, _ in SYSTEMS]
-    chosen = (args.rerun or args.systems or ",".join(labels)).split(",")
+    if args.jobs < 1:
+        raise SystemExit("demo: --jobs must be >= 1")
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"  # JOBS runs share the cores
+    chosen = (args.rerun or args.systems or ",".join(labels if args.full else MAIN_SYSTEMS)).split(",")
     unknown = [label for label in chosen if label not in labels]
     if unknown or (args.rerun and args.systems):
         raise SystemExit(f"demo: give --systems or --rerun (not both), with labels from: {', '.join(labels)}"
@@ -224,18 +234,33 @@ def main(argv=None):
     buckets = make_data(args.out, cfg)
     results, started = dict(kept), time.time()
     started_at = time.strftime("%Y-%m-%d %H:%M:%S")  # to the second: a --rerun within a minute is a separate run
-    for i, (label, flags) in enumerate(systems):
-        for seed in seeds:
-            print(f"[2/3] {label} ({i + 1}/{len(systems)}), seed {seed}, {cfg['epochs']} epochs", flush=True)
-            sources, refs, hyps, checkpoint, seconds = train_and_decode(args.out, label, flags, seed, cfg)
-            lengths = {j: len(src.split()) for j, src in sources.items()}
-            run_result = {"seed": seed, "seconds": seconds, "started": started_at,
-                          "exact": exact_match(hyps, lengths, refs, buckets),
-                          "bleu": [bleu for bleu, _ in bucket_bleu(hyps, lengths, refs, buckets)]}
-            if "floater" in flags:
-                norms = trajectory_norms(model_from_checkpoint(checkpoint), 4 * (cfg["max_len"] + 1))
-                run_result["growth"] = {f"{k}x": growth(norms, cfg["max_len"] + 1, k) for k in (2, 4)}
-            results.setdefault(label, []).append(run_result)
+    jobs = [(label, flags, seed) for label, flags in systems for seed in seeds]
+    print(f"[2/3] {len(jobs)} runs ({len(systems)} systems x {len(seeds)} seeds, {cfg['epochs']} epochs each), "
+          f"{args.jobs} at a time", flush=True)
+
+    def one_run(label, flags, seed):
+        sources, refs, hyps, checkpoint, seconds = train_and_decode(args.out, label, flags, seed, cfg)
+        lengths = {j: len(src.split()) for j, src in sources.items()}
+        run_result = {"seed": seed, "seconds": seconds, "started": started_at,
+                      "exact": exact_match(hyps, lengths, refs, buckets),
+                      "bleu": [bleu for bleu, _ in bucket_bleu(hyps, lengths, refs, buckets)]}
+        if "floater" in " ".join(flags):
+            norms = trajectory_norms(model_from_checkpoint(checkpoint), 4 * (cfg["max_len"] + 1))
+            run_result["growth"] = {f"{k}x": growth(norms, cfg["max_len"] + 1, k) for k in (2, 4)}
+        return run_result
+
+    finished = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(one_run, *job): job for job in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            label, _, seed = futures[future]
+            finished[(label, seed)] = future.result()
+            elapsed = time.time() - started
+            left = elapsed / len(finished) * (len(jobs) - len(finished))
+            print(f"[2/3] {len(finished)}/{len(jobs)} runs done ({label}, seed {seed}); "
+                  f"{elapsed / 60:.1f} min so far, about {left / 60:.1f} min left", flush=True)
+    for label, _, seed in jobs:  # in the table's order, whatever order they finished in
+        results.setdefault(label, []).append(finished[(label, seed)])
     results = {label: results[label] for label in labels if label in results}  # the table's row order
     table = render(results, buckets, cfg, seeds)
     print(f"[3/3] results ({(time.time() - started) / 60:.1f} min)\n\n{table}", flush=True)

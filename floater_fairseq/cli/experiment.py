@@ -86,6 +86,17 @@ def repo_path(path: str) -> str:
     return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(REPO, path)
 
 
+def portable_path(path: str, save_dir: str) -> str:
+    """``path`` as a result file records it: relative to the repository when inside it, else as
+    ``{runs}/DATASET/RUN/...`` relative to the runs directory (the save dir's grandparent, as
+    scripts/run-queue.sh lays it out): never a machine's home."""
+    path = os.path.abspath(path)
+    if path.startswith(REPO + os.sep):
+        return os.path.relpath(path, REPO)
+    runs = os.path.dirname(os.path.dirname(os.path.abspath(save_dir)))
+    return "{runs}/" + os.path.relpath(path, runs)
+
+
 def row_of(config_path: str):
     return os.path.basename(os.path.dirname(os.path.abspath(config_path))), os.path.splitext(os.path.basename(config_path))[0]
 
@@ -268,7 +279,8 @@ def evaluate(save_dir: str, config_path: str = None, average_last: int = None, o
     score = bleu.corpus_score(hyps, [references])
     result = {"dataset": config["dataset"], "config": os.path.relpath(os.path.abspath(config_path), REPO),
               "row": row_of(config_path)[1] if config_path != os.path.join(save_dir, "config.yaml") else os.path.basename(save_dir),
-              "bleu": round(score.score, 2), "signature": str(bleu.get_signature()), "checkpoint": checkpoint,
+              "bleu": round(score.score, 2), "signature": str(bleu.get_signature()),
+              "checkpoint": portable_path(checkpoint, save_dir),
               "subset": subset, "sentences": len(hyps), "evaluate_seconds": round(time.time() - start, 1),
               "decode_seconds": round(decode_seconds, 1)}
     if model_overrides:

@@ -8,6 +8,7 @@ attention with an FFT relative bias (modules/kernelized_attention.py). Only the 
 Transformer, our layers expose per-call position hooks, and the encoder/decoder ask the position
 encoder what to set on each call.
 """
+import argparse
 import logging
 
 from fairseq.models import register_model, register_model_architecture
@@ -33,6 +34,7 @@ from ..modules.kernelized_attention import (
     self_attention_module,
 )
 from ..modules.position_aware_layers import PositionAwareDecoderLayer, PositionAwareEncoderLayer, applying
+from ..modules.composite import position_encoder_class
 from ..modules.position_encoder import POSITION_ENCODER_REGISTRY, PositionCall, PositionEncoder
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class FloaterTransformerModel(TransformerModel):
     def add_args(cls, parser):
         super().add_args(parser)
         group = parser.add_argument_group("position encoding (floater_fairseq)")
-        add_options(group, "position", pos_encoder=sorted(POSITION_ENCODER_REGISTRY))
+        add_options(group, "position", parsers={"pos_encoder": _pos_encoder_flag})
         for encoder in POSITION_ENCODER_REGISTRY.values():
             encoder.add_args(group)
         add_self_attention_args(parser.add_argument_group("self-attention (floater_fairseq)"))
@@ -75,14 +77,15 @@ class FloaterTransformerModel(TransformerModel):
             )
         if getattr(args, "cross_self_attention", False):
             raise ValueError("floater_transformer does not support --cross-self-attention")
-        if args.pos_encoder == "alibi" and "kernelized-rpe" in (args.encoder_self_attention,
+        encoder_class = position_encoder_class(args.pos_encoder)
+        if "alibi" in args.pos_encoder.split("+") and "kernelized-rpe" in (args.encoder_self_attention,
                                                                  args.decoder_self_attention):
             raise ValueError("--pos-encoder alibi biases attention logits, which kernelized-rpe "
                              "attention does not form; it learns its own relative bias: use "
                              "--pos-encoder none (or rope, floater, ...) with kernelized-rpe")
         model = super().build_model(args, task)
         num_layers = {"encoder": len(model.encoder.layers), "decoder": len(model.decoder.layers)}
-        model.position_encoder = POSITION_ENCODER_REGISTRY[args.pos_encoder](args, num_layers)
+        model.position_encoder = encoder_class(args, num_layers)
         model.position_encoder.install(model)
         model.encoder.attach_position_encoder(model.position_encoder)
         model.decoder.attach_position_encoder(model.position_encoder)
@@ -91,7 +94,7 @@ class FloaterTransformerModel(TransformerModel):
     @classmethod
     def _layer_config(cls, args, side):
         cfg = TransformerConfig.from_namespace(args)
-        POSITION_ENCODER_REGISTRY[args.pos_encoder].configure(args, cfg)
+        position_encoder_class(args.pos_encoder).configure(args, cfg)
         cfg.self_attention_module = self_attention_module(args, side)  # read by the layers
         return cfg
 
@@ -117,6 +120,15 @@ class FloaterTransformerModel(TransformerModel):
         length = max(src_tokens.size(1), prev_output_tokens.size(1))
         with self.position_encoder.solving(length):
             return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+
+
+def _pos_encoder_flag(text: str) -> str:
+    """argparse type of --pos-encoder: a registered encoder or a '+' composite of them."""
+    try:
+        position_encoder_class(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
+    return text
 
 
 # Parameter names that belong to one position encoder or self-attention kind, and who owns them

@@ -116,6 +116,10 @@ class PositionEncoder(nn.Module):
                 if isinstance(module, PositionAwareAttention):
                     module.use_position_hooks()
 
+    def part(self, name: str) -> Optional["PositionEncoder"]:
+        """This encoder if it is ``name``, a composite's part of that name, else None."""
+        return self if self.name == name else None
+
     def max_positions(self, side: str) -> Optional[int]:
         return None
 

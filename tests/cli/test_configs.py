@@ -32,7 +32,8 @@ def test_checked_in_configs_equal_the_generator_output():
     assert set(make.DATASETS) == datasets
     assert TABLE2_ROWS | {"none", "shifted-basis-gaussian", "rope", "alibi", "kernelized-rpe",
                           "floater-all-dissipative", "floater-all-dissipative-dt5", "floater-all-dissipative-rk4",
-                          "floater-all-dissipative-parallel", "floater-all-scratch", "sinusoidal-input-continued"} == set(make.ROWS)
+                          "floater-all-dissipative-parallel", "floater-all-scratch", "sinusoidal-input-continued",
+                          "rope+floater"} == set(make.ROWS)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, os.path.join(REPO, "configs")) for p in CONFIGS])
@@ -84,10 +85,19 @@ def test_bad_configs_name_the_problem(tmp_path, text, message, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_the_issue16_queue_names_existing_configs_and_warm_start_sources():
-    """scripts/run-queue.sh stops at a line without its config: a typo would halt the long runs."""
+QUEUES = sorted(glob.glob(os.path.join(REPO, "configs", "queue-*.txt")))
+
+
+@pytest.mark.parametrize("queue", QUEUES, ids=[os.path.basename(q) for q in QUEUES])
+def test_the_queues_name_existing_configs_and_warm_start_sources(queue):
+    """scripts/run-queue.sh stops at a line without its config: a typo would halt the long runs. (A
+    reference may name a run of a queue that runs beside it.)"""
     seen = set()
-    with open(os.path.join(REPO, "configs", "queue-issue16.txt"), encoding="utf-8") as f:
+    for other in QUEUES:
+        with open(other, encoding="utf-8") as f:
+            seen |= {f"{(l.split()[2:3] or ['multi30k-de-en'])[0]}/{l.split()[0]}-seed{l.split()[1]}"
+                     for l in f if l.strip() and not l.startswith("#") and not l.split()[0].endswith("-all-lengths")}
+    with open(queue, encoding="utf-8") as f:
         for line in f:
             if not line.strip() or line.startswith("#"):
                 continue

@@ -20,6 +20,7 @@ COMBINATIONS = [
     ("learned", "all", SOFTMAX), ("learned", "input", SOFTMAX),
     ("shifted-basis", "all", SOFTMAX), ("shifted-basis", "input", SOFTMAX),
     ("none", "all", SOFTMAX), ("rope", "all", SOFTMAX), ("alibi", "all", SOFTMAX),
+    ("rope+floater", "all", SOFTMAX), ("alibi+floater", "all", SOFTMAX), ("rope+shifted-basis", "all", SOFTMAX),
     # kernelized attention with relative position (Luo et al. 2021), alone and with absolute/rotary positions
     ("none", "all", KERNELIZED), ("floater", "all", KERNELIZED), ("rope", "all", KERNELIZED),
 ]
@@ -120,11 +121,14 @@ def test_save_and_load_into_a_fresh_model_gives_the_same_outputs(encoder, blocks
         torch.testing.assert_close(fresh(src, None, prev)[0], model(src, None, prev)[0])
 
 
-@pytest.mark.parametrize(PARAMETERS, [c for c in COMBINATIONS if c[0] not in ("learned", "shifted-basis")],
-                         ids=[i for i in IDS if not i.startswith(("learned", "shifted"))])
+FIXED_LENGTH = ("learned", "shifted-basis")
+INDUCTIVE = [(c, i) for c, i in zip(COMBINATIONS, IDS) if not set(c[0].split("+")) & set(FIXED_LENGTH)]
+
+
+@pytest.mark.parametrize(PARAMETERS, [c for c, _ in INDUCTIVE], ids=[i for _, i in INDUCTIVE])
 def test_inductive_encoders_decode_inputs_longer_than_any_seen(encoder, blocks, attention):
     # (FLOATER with one solver step per position: what is tested is that there is no maximum length)
-    solver = ["--floater-step-size", "0.1"] if encoder == "floater" else []
+    solver = ["--floater-step-size", "0.1"] if "floater" in encoder.split("+") else []
     model, d = position_model(encoder, blocks, attention, extra=["--max-source-positions", "4096", *solver])
     long = random_tokens(d, [300, 120], left_pad=True, seed=9)
     generator = SequenceGenerator([model], d, beam_size=2, max_len_a=0, max_len_b=4)
@@ -137,6 +141,7 @@ def test_inductive_encoders_decode_inputs_longer_than_any_seen(encoder, blocks, 
     ("learned", "all", ["--max-source-positions", "16"]),
     ("learned", "input", ["--max-source-positions", "16"]),
     ("shifted-basis", "input", ["--basis-max-positions", "16", "--basis-size", "8"]),
+    ("rope+shifted-basis", "all", ["--basis-max-positions", "16", "--basis-size", "8"]),  # a composite: its parts' limit
 ])
 def test_fixed_length_encoders_refuse_longer_inputs_clearly(encoder, blocks, flags):
     model, d = position_model(encoder, blocks, extra=flags)
