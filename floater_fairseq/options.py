@@ -99,6 +99,9 @@ _OPTIONS = [
            "length)", bool),
     Option("floater", "--floater-hidden-dim", None, "hidden width of the dynamics h (None: the embedding "
            "dim)", int, bounds=(1, INF, True), metavar="N"),
+    Option("floater", "--floater-no-input-sinusoid", False, "--pos-blocks all: drop the vanilla input sinusoid "
+           "that the compatibility form keeps, so positions come from the ODE biases only (and from a "
+           "composite's other parts, e.g. rope+floater)", bool),
     Option("floater", "--floater-init-std", 0.02, "std of h's output layer at initialisation (0: h == 0)",
            float, bounds=(0, INF, True)),
     # shifted-basis encoders (modules/shifted_basis.py)

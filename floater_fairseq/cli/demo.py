@@ -40,6 +40,8 @@ SYSTEMS = [  # (label, flags of floater_transformer); the default run trains the
     ("FLOATER dissipative", ["--pos-encoder", "floater", "--floater-dynamics", "dissipative"]),
     ("FLOATER rotation", ["--pos-encoder", "floater", "--floater-dynamics", "rotation"]),
     ("RoPE+FLOATER", ["--pos-encoder", "rope+floater", "--floater-dynamics", "dissipative"]),
+    ("RoPE+FLOATER no sinusoid", ["--pos-encoder", "rope+floater", "--floater-dynamics", "dissipative",
+                                  "--floater-no-input-sinusoid"]),
 ]
 MAIN_SYSTEMS = ["sinusoidal (input)", "RoPE", "FLOATER paper", "FLOATER dissipative", "RoPE+FLOATER"]
 LR = 3e-3

@@ -430,8 +430,9 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
 
     @classmethod
     def configure(cls, args, cfg):
-        # all: the compatibility form keeps the vanilla input sinusoid; input: ours replaces it
-        cfg.no_token_positional_embeddings = args.pos_blocks == "input"
+        # all: the compatibility form keeps the vanilla input sinusoid (unless dropped); input: ours replaces it
+        cfg.no_token_positional_embeddings = args.pos_blocks == "input" or bool(
+            getattr(args, "floater_no_input_sinusoid", False))
 
     uses_source_positions = True  # cross-attention k/v biases
 

@@ -77,3 +77,17 @@ def test_the_cli_accepts_any_composite_and_refuses_a_bad_one(capsys):
     with pytest.raises(SystemExit):
         build_model(extra=["--pos-encoder", "rope+nope"])
     assert "unknown part(s) 'nope'" in capsys.readouterr().err
+
+
+def test_rope_floater_without_input_sinusoid_and_zero_dynamics_is_exactly_rope():
+    """The config row (--floater-no-input-sinusoid) at h == 0, p(0) = 0 is RoPE itself: a RoPE
+    checkpoint warm-starts it exactly."""
+    composite, d, _ = build_model(extra=["--pos-encoder", "rope+floater", "--floater-init-std", "0",
+                                         "--floater-no-input-sinusoid"], seed=3)
+    rope, _, _ = build_model(extra=["--pos-encoder", "rope"], seed=4)
+    assert composite.encoder.embed_positions is None and composite.decoder.embed_positions is None
+    rope.load_state_dict({k: v for k, v in composite.state_dict().items() if not k.startswith("position_encoder.")})
+    src, prev = random_tokens(d, [6, 3], left_pad=True), random_tokens(d, [5, 4], seed=2)
+    composite.eval(), rope.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(composite(src, None, prev)[0], rope(src, None, prev)[0], atol=1e-6, rtol=1e-5)
