@@ -1,6 +1,7 @@
 """Cost of floater_transformer relative to fairseq's transformer at the same size, side by side.
 
-For each size and FLOATER solver setting, against the vanilla model, in one run:
+For each size and setting (a FLOATER solver, or another encoder of floater_transformer), against the
+vanilla model, in one run:
   * train: a training step (forward + backward + Adam) on ~4k-token batches, timed interleaved
     (A B A B ...) on the same batches in one process; the median ratio floater / vanilla;
   * generate: beam-5 generation (the ODE solution is cached at inference), likewise;
@@ -55,13 +56,18 @@ SETTINGS = {
     "input": ["--pos-blocks", "input"],  # FLOATER at the input only, default solver
     # FLOATER-all with its solve replaced by p(0) at every position: the cost of everything but the solve
     "no-solve": [],
+    # the other encoders of README's headline, against the same vanilla model
+    "paper": ["--floater-dynamics", "paper"],  # the paper's h, its default solver (rk4 at DT/5)
+    "rope": ["--pos-encoder", "rope"],
+    "rope+floater": ["--pos-encoder", "rope+floater", "--floater-no-input-sinusoid"],
+    "sinusoidal-input": ["--pos-encoder", "sinusoidal", "--pos-blocks", "input"],  # vanilla through our hooks
 }
 
 
 def build_floater(arch_suffix, flags, setting, dictionary, placement=None):
     model = build("floater_" + arch_suffix, flags + SETTINGS[setting], dictionary, placement=placement)
     if setting == "no-solve":
-        signal = model.position_encoder.signal
+        signal = model.position_encoder.part("floater").signal
         signal.solve = lambda n: signal.initial_values.to(signal.ode_dtype).unsqueeze(0).expand(
             n, *signal.initial_values.shape)
     return model

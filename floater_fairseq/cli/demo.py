@@ -10,7 +10,7 @@ per length bucket (mean +- std over seeds) and, for FLOATER, how the trajectorie
 2x and 4x the training length (analyze_trajectories).
 
 Writes OUT/results.{md,json} and OUT/extrapolation.png, copies them to results/demo/ and the
-table into README.md (between the demo-results markers).
+table into docs/results.md (between the demo-results markers).
 
     python -m floater_fairseq.cli.demo [--quick | --full] [--out demo-out] [--seeds 3] [--jobs 2]
     python -m floater_fairseq.cli.demo --rerun "FLOATER dissipative"   # one row again, keep the others
@@ -192,9 +192,9 @@ def plot(path, results, buckets, cfg):
     plt.close(figure)
 
 
-def update_readme(readme: str, table: str):
-    if not replace_block(readme, "demo-results", table):
-        raise SystemExit(f"demo: {readme} has no <!-- demo-results --> block to update")
+def update_doc(path: str, table: str):
+    if not replace_block(path, "demo-results", table):
+        raise SystemExit(f"demo: {path} has no <!-- demo-results --> block to update")
 
 
 def main(argv=None):
@@ -211,7 +211,8 @@ def main(argv=None):
                                         "default of that system changed")
     parser.add_argument("--results", default=os.path.join(REPO, "results", "demo"),
                         help="where the results are copied ('' : nowhere)")
-    parser.add_argument("--readme", default=os.path.join(REPO, "README.md"), help="README to update ('' : none)")
+    parser.add_argument("--doc", "--readme", dest="doc", default=os.path.join(REPO, "docs", "results.md"),
+                        help="page whose <!-- demo-results --> block gets the table (default docs/results.md; '': none)")
     args = parser.parse_args(argv)
     cfg = settings(args.quick)
     seeds = list(range(1, args.seeds + 1))
@@ -273,10 +274,10 @@ def main(argv=None):
     if args.results:
         for name in ("results.md", "results.json", "extrapolation.png"):
             copy_file(os.path.join(args.out, name), os.path.join(args.results, name))
-    if args.readme:
-        update_readme(args.readme, table)
+    if args.doc:
+        update_doc(args.doc, table)
     print(f"wrote {args.out}/results.md, results.json, extrapolation.png"
-          + (f"; copied to {args.results}" if args.results else "") + (f"; updated {args.readme}" if args.readme else ""))
+          + (f"; copied to {args.results}" if args.results else "") + (f"; updated {args.doc}" if args.doc else ""))
 
 
 if __name__ == "__main__":

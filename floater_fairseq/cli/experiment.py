@@ -5,7 +5,7 @@
         [--subset S] [--output FILE] [--model-overrides "{'floater_step_size': 0.1}"]
         [--length-buckets-like CONFIG]
     python -m floater_fairseq.cli.experiment table DATASET [--rows R,...] [extra fairseq-train flags]
-    python -m floater_fairseq.cli.experiment seeds DATASET [--readme FILE] [--plot PNG]
+    python -m floater_fairseq.cli.experiment seeds DATASET [--doc FILE] [--headline FILE] [--plot PNG]
 
 (scripts/train.sh, evaluate.sh and reproduce-table.sh call these.)
 
@@ -30,9 +30,11 @@ trained on all lengths).
 seeds: results/DATASET/seeds/ROW-seedN.SUBSET.json (scripts/run-queue.sh) -> results/DATASET-seeds.md,
 mean ± std over seeds per row, and per length bucket where the results have them; each row against
 the sinusoid, a difference called a result only where the seeds' ranges do not overlap (against a
-control fine-tuned from the same runs: seed with seed, every seed on one side). README's
-<!-- DATASET-seeds --> block, where there is one, gets the same tables; where results have length
-buckets, results/DATASET-by-length.png (or --plot PNG) draws them.
+control fine-tuned from the same runs: seed with seed, every seed on one side). The
+<!-- DATASET-seeds --> block of docs/results.md (--doc) gets the same tables, and README's
+<!-- headline --> block (--headline) the one-line-per-encoder summary of both Multi30k studies and
+results/speed/; where results have length buckets, results/DATASET-by-length.png (or --plot PNG)
+draws them.
 
 table: train + evaluate every Table-2 row of a dataset (rows with a result are skipped) and
 write results/DATASET.md in the paper's layout, with the paper's numbers where it has them.
@@ -506,6 +508,67 @@ def readme_tables(seed_table_text: str) -> str:
     return "\n\n".join(shown) + "\n"
 
 
+# README's headline: one line per encoder a reader chooses between. (row, how to ask for it, the
+# bench_speed setting that measures its cost). Its cells come from the same result files as the tables.
+HEADLINE_ROWS = [
+    ("sinusoidal-input", "`sinusoidal --pos-blocks input` (vanilla)", "sinusoidal-input"),
+    ("rope", "`rope`", "rope"),
+    ("floater-all-scratch", "`floater --floater-dynamics paper`", "paper"),
+    ("floater-all-dissipative", "`floater` (default: bounded)", "default"),
+    ("rope+floater", "`rope+floater --floater-no-input-sinusoid`", "rope+floater"),
+]
+HEADLINE_DATASETS = ("multi30k-de-en", "multi30k-de-en-src12")
+HEADLINE_SPEED = {"cpu": "bench-speed-cpu-encoders.txt", "gpu": "bench-speed-gpu-h100.txt"}
+SPEED_ROW = re.compile(r"^(\w+)\s+(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\b")
+
+
+def speed_ratios(path: str) -> dict:
+    """{setting: [train-step ratio, ...]} of a benchmarks.bench_speed output file (every size and run)."""
+    ratios = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                match = SPEED_ROW.match(line)
+                if match:
+                    ratios.setdefault(match.group(2), []).append(float(match.group(3)))
+    return ratios
+
+
+def headline_table() -> str:
+    """README's headline: per encoder, Multi30k test BLEU over seeds, short-to-long BLEU past 20
+    subwords, and the training step's cost against vanilla (results/speed/)."""
+    import statistics
+
+    def spread(values, digits):
+        if not values:
+            return "not run"
+        text = f"{statistics.mean(values):.{digits}f}"
+        return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "") + f" (n={len(values)})"
+
+    runs = {}
+    for dataset in HEADLINE_DATASETS:
+        try:
+            runs[dataset] = _seed_runs(dataset)
+        except ExperimentError:
+            runs[dataset] = {}
+    speed = {device: speed_ratios(os.path.join(RESULTS_ROOT, "speed", name)) for device, name in HEADLINE_SPEED.items()}
+    lines = ["| encoder (`--pos-encoder`) | Multi30k test BLEU | trained on <= 12 subwords: BLEU at 21+ | "
+             "train step vs vanilla, CPU | GPU |", "|---|---|---|---|---|"]
+    for row, flags, setting in HEADLINE_ROWS:
+        test = [r["bleu"] for r in runs["multi30k-de-en"].get(row, {}).get("test", [])]
+        past = [r["length_buckets"]["bleu"][-1] for r in runs["multi30k-de-en-src12"].get(row, {}).get("test", [])
+                if r.get("length_buckets") and r["length_buckets"]["bleu"][-1] is not None]
+        cost = []
+        for device in ("cpu", "gpu"):
+            values = speed[device].get(setting, [])
+            if setting == "sinusoidal-input" and not values:
+                values = [1.0]  # the vanilla model itself
+            cost.append("-" if not values else f"{min(values):.2f}" if len(values) == 1 or min(values) == max(values)
+                        else f"{min(values):.2f}-{max(values):.2f}")
+        lines.append(f"| {flags} | {spread(test, 2)} | {spread(past, 1)} | {cost[0]} | {cost[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def separation(scores, baseline) -> str:
     """The rule for calling a difference a result: every seed of one row scores above every seed
     of the other (their ranges do not overlap). Under exchangeable seeds that happens by chance
@@ -698,9 +761,11 @@ def main(argv=None):
                         "model trained on all lengths, scored on the short-to-long study's buckets)")
     p = commands.add_parser("seeds", help="the per-seed results of a dataset as mean ± std")
     p.add_argument("dataset")
-    p.add_argument("--readme", default=os.path.join(REPO, "README.md"),
+    p.add_argument("--doc", "--readme", dest="doc", default=os.path.join(REPO, "docs", "results.md"),
                    help="also put the tables in this file's <!-- DATASET-seeds --> block, where it has one "
-                        "('': no file)")
+                        "('': no file; default docs/results.md)")
+    p.add_argument("--headline", default=os.path.join(REPO, "README.md"),
+                   help="also rebuild this file's <!-- headline --> block from the result files ('': none)")
     p.add_argument("--plot", metavar="PNG", help="where results have length buckets (the short-to-long study), "
                    "draw test BLEU by source length here (default: results/DATASET-by-length.png; '': no plot)")
     p = commands.add_parser("table")
@@ -717,8 +782,10 @@ def main(argv=None):
                      args.model_overrides, args.length_buckets_like)
         elif args.command == "seeds":
             text = seed_table(args.dataset)
-            if args.readme and replace_block(args.readme, f"{args.dataset}-seeds", readme_tables(text)):
-                print(f"updated the {args.dataset}-seeds block of {args.readme}")
+            if args.doc and replace_block(args.doc, f"{args.dataset}-seeds", readme_tables(text)):
+                print(f"updated the {args.dataset}-seeds block of {args.doc}")
+            if args.headline and replace_block(args.headline, "headline", headline_table()):
+                print(f"updated the headline block of {args.headline}")
             print(text)
             plot = os.path.join(RESULTS_ROOT, f"{args.dataset}-by-length.png") if args.plot is None else args.plot
             if plot and (args.plot or _bucketed(_seed_runs(args.dataset))):

@@ -165,7 +165,7 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
     # the command also fills a README's block for the dataset (the tables, without the title or each run)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- d-seeds -->\nold\n<!-- /d-seeds -->\nrest\n")
-    assert experiment.main(["seeds", "d", "--readme", str(readme)]) == 0
+    assert experiment.main(["seeds", "d", "--readme", str(readme), "--headline", ""]) == 0
     assert not (tmp_path / "d-by-length.png").exists()  # no length buckets: no plot
     start = text.index("| row |")
     table = text[start:text.index("\n\n", start)]
@@ -173,6 +173,21 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
     assert "train minutes: fairseq's cumulative" in text
     assert readme.read_text() == "intro\n<!-- d-seeds -->\n" + shown + "<!-- /d-seeds -->\nrest\n"
     assert "a + b updates" not in text
+    # ... and README's headline: one line per encoder from both Multi30k studies and the speed files
+    headline = tmp_path / "HEADLINE.md"
+    headline.write_text("<!-- headline -->\nold\n<!-- /headline -->\n")
+    m30k, src12, speed = tmp_path / "multi30k-de-en" / "seeds", tmp_path / "multi30k-de-en-src12" / "seeds", tmp_path / "speed"
+    for path in (m30k, src12, speed):
+        path.mkdir(parents=True)
+    for seed, bleu in ((1, 39.0), (2, 40.0)):
+        (m30k / f"rope-seed{seed}.test.json").write_text(json.dumps({"bleu": bleu, "seed": seed, "signature": "sig"}))
+        (src12 / f"rope-seed{seed}.test.json").write_text(json.dumps({"bleu": 30.0, "seed": seed, "signature": "sig",
+            "length_buckets": {"buckets": ["1-12", "21-1000"], "bleu": [40.0, 10.0 + seed], "sentences": [5, 3]}}))
+    (speed / "bench-speed-cpu-encoders.txt").write_text(
+        "size   setting          train generate memory extra ops\nsmall  rope              0.910    1.000  1.000         5\n")
+    assert experiment.main(["seeds", "d", "--readme", "", "--headline", str(headline)]) == 0
+    assert "| `rope` | 39.50 ± 0.71 (n=2) | 11.5 ± 0.7 (n=2) | 0.91 | - |" in headline.read_text()
+    assert "| `rope+floater --floater-no-input-sinusoid` | not run | not run | - | - |" in headline.read_text()
     for seed, updates in ((1, 100), (2, 200)):  # runs that trained different numbers of updates: each listed
         (folder / f"uneven-seed{seed}.test.json").write_text(json.dumps({"bleu": 1.0, "seed": seed, "updates": updates, "signature": "sig"}))
     assert "| uneven | 1.00 ± 0.00 (n=2) | - | 1, 2 | 100, 200 | - |" in experiment.seed_table("d")
@@ -242,9 +257,9 @@ def test_seeds_plot_draws_bleu_by_source_length(tmp_path, monkeypatch):
         (folder / f"{name}-seed{seed}.test.json").write_text(json.dumps({"bleu": 30.0, "seed": seed, "signature": "sig",
             "length_buckets": {"buckets": ["1-12", "13-99"], "bleu": bleus, "sentences": [5, 3]}}))
     png = tmp_path / "plots" / "by-length.png"
-    assert experiment.main(["seeds", "d", "--readme", "", "--plot", str(png)]) == 0
+    assert experiment.main(["seeds", "d", "--readme", "", "--headline", "", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert experiment.main(["seeds", "d", "--readme", ""]) == 0  # by default beside the table
+    assert experiment.main(["seeds", "d", "--readme", "", "--headline", ""]) == 0  # by default beside the table
     assert (tmp_path / "d-by-length.png").read_bytes() == png.read_bytes()
     series = experiment.plot_by_length("d", str(png))
     assert set(series) == {"short", "short-all-lengths"}  # a run without buckets is not drawn
