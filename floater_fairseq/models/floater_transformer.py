@@ -216,6 +216,9 @@ class FloaterTransformerEncoder(_PositionAwareStack, TransformerEncoderBase):
             return super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
 
 
+CACHE_CHECKED = "position_cache_checked"  # incremental_state key: see extract_features
+
+
 class FloaterTransformerDecoder(_PositionAwareStack, TransformerDecoderBase):
     side = "decoder"
 
@@ -240,6 +243,10 @@ class FloaterTransformerDecoder(_PositionAwareStack, TransformerDecoderBase):
             source = PositionCall.source_positions(encoder_out["encoder_out"][0].size(0), masks[0])
         call = PositionCall.for_tokens(self.side, prev_output_tokens, self.padding_idx, self._dtype(),
                                        incremental=incremental_state is not None, **source)
+        if incremental_state is not None:
+            # fairseq makes a fresh incremental_state per generate call: one cache check per call
+            call.cache_checked = self.get_incremental_state(incremental_state, CACHE_CHECKED) is not None
+            self.set_incremental_state(incremental_state, CACHE_CHECKED, {})
         with applying(self.layers, encoder.layer_positions(call)):
             return super().extract_features(prev_output_tokens, encoder_out, incremental_state,
                                             full_context_alignment, alignment_layer, alignment_heads)

@@ -341,8 +341,10 @@ class FloaterPositionSignal(nn.Module):
             self._cache = torch.cat([self._cache, extension[1:]], dim=0)
         return self._cache[:length]
 
-    def table(self, length: int) -> torch.Tensor:
-        """p_k(t_i) for i < length, all k: [length, K, d] in ``ode_dtype``."""
+    def table(self, length: int, cache_checked: bool = False) -> torch.Tensor:
+        """p_k(t_i) for i < length, all k: [length, K, d] in ``ode_dtype``. ``cache_checked``: the
+        caller knows the parameters have not changed since the cache was last checked (later steps
+        of one generate call), so the per-parameter comparison (a host synchronisation each) is skipped."""
         if length < 1:
             raise ValueError(f"FLOATER: cannot encode an empty sequence (length {length})")
         shared = self._shared.get()
@@ -350,6 +352,8 @@ class FloaterPositionSignal(nn.Module):
             return shared[:length]
         if torch.is_grad_enabled():
             return self.solve(length)
+        if cache_checked and self._cache is not None and self._cache.size(0) >= length:
+            return self._cache[:length]
         return self._cached_table(length)
 
     @contextlib.contextmanager
@@ -454,7 +458,7 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
         if self.blocks != "all":
             return None
         length = max(call.length, call.source_length)
-        table = self.signal.table(length)[:, self.rows(call.side)]
+        table = self.signal.table(length, cache_checked=call.cache_checked)[:, self.rows(call.side)]
 
         def bias(row, index):
             # index None: e.g. cross-attention k/v already cached, no source biases needed

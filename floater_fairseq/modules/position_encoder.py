@@ -53,6 +53,9 @@ class PositionCall:
     incremental: bool = False
     source_index: Optional[PositionIndex] = None  # decoder: source positions, None if not needed
     source_length: int = 0
+    # incremental decoding: an earlier step of this generate call already checked the encoder's
+    # cached inference solution against its parameters, which cannot change within the call
+    cache_checked: bool = False
 
     @classmethod
     def for_tokens(cls, side, tokens, padding_idx, dtype, incremental=False, **kwargs):

@@ -208,3 +208,30 @@ def test_solver_and_activation_defaults_follow_the_dynamics_and_saved_args_keep_
                                floater_init_std=0.02, floater_dynamics="dissipative", floater_parallel_tol=1e-6)
     FloaterPositionEncoder.set_defaults(saved)
     assert (saved.floater_activation, saved.floater_method) == ("relu", "rk4")
+
+
+def test_generation_checks_the_cached_solution_once_per_generate_call():
+    """The cache's validity (one comparison, a host synchronisation, per ODE parameter) is checked
+    by the encoder and the first decoding step only; later steps of the same generate call trust
+    it. A parameter written in place between two calls (as fairseq's optimizers do) is still seen."""
+    model, d = floater_model("all")
+    signal = model.position_encoder.signal
+    checks = []
+    original = signal._cache_is_current
+    signal._cache_is_current = lambda: checks.append(1) or original()
+    src = random_tokens(d, [9, 6], left_pad=True)
+    sample = {"net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1)}}
+    generator = SequenceGenerator([model], d, beam_size=3, max_len_a=0, max_len_b=12, min_len=12)
+    with torch.no_grad():
+        first = generator.generate([model], sample)
+        assert len(checks) <= 2  # 13 decoding steps
+        signal.dynamics.output_layer.weight.data.mul_(3.0)  # no version bump, as optimizers write p.data
+        second = generator.generate([model], sample)
+    fresh, _, _ = build_model(extra=["--pos-blocks", "all"])
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = generator.generate([fresh.eval()], sample)
+    assert [h[0]["tokens"].tolist() for h in second] == [h[0]["tokens"].tolist() for h in expected]
+    for got, want in zip(second, expected):
+        torch.testing.assert_close(got[0]["positional_scores"], want[0]["positional_scores"])
+    assert any(not torch.equal(a[0]["positional_scores"], b[0]["positional_scores"]) for a, b in zip(first, second))
