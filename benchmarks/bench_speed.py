@@ -301,7 +301,8 @@ def main(argv=None):
     parser.add_argument("--settings", default="default,parallel", help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--gen-tokens", type=int, default=600, help="source tokens per generation batch")
-    parser.add_argument("--mean-len", type=int, default=27, help="mean sentence length in tokens")
+    parser.add_argument("--mean-len", default="27", help="mean sentence length in tokens; several, comma-separated "
+                        "(e.g. 32,64,128,256), give one block of ratios per length")
     parser.add_argument("--train-reps", type=int, default=5)
     parser.add_argument("--gen-reps", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=8000)
@@ -337,9 +338,16 @@ def main(argv=None):
                                                  args.ops_sentences, placement):
                 print(f"{length:6d} {base:8d} " + " ".join(f"{extra[s]:14d}" for s in settings), flush=True)
         return
-    print(f"# ratios FLOATER / vanilla: train step on {args.max_tokens}-token batches (mean length {args.mean_len}), "
+    for mean_len in [int(n) for n in args.mean_len.split(",")]:
+        args_at = argparse.Namespace(**{**vars(args), "mean_len": mean_len})
+        ratio_block(args_at, settings, dictionary, placement)
+
+
+def ratio_block(args, settings, dictionary, placement):
+    print(f"# ratios setting / vanilla: train step on {args.max_tokens}-token batches (mean length {args.mean_len}), "
           f"median of {args.train_reps}; beam-5 generation of {args.gen_tokens}-token batches, median of "
-          f"{args.gen_reps}; peak memory of a training step; extra leaf aten ops of a training step, 8 x 100 tokens")
+          f"{args.gen_reps}; peak memory of a training step; extra leaf aten ops of a training step, 8 x 100 tokens",
+          flush=True)
     header = f"{'size':6} {'setting':15} {'train':>6} {'generate':>8} {'memory':>6} {'extra ops':>9}"
     print(header + ("  train s (van/fl)  generate s (van/fl)" if args.absolute else ""))
     for size in args.sizes.split(","):
