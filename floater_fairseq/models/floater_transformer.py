@@ -216,7 +216,7 @@ class FloaterTransformerEncoder(_PositionAwareStack, TransformerEncoderBase):
             return super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
 
 
-CACHE_CHECKED = "position_cache_checked"  # incremental_state key: see extract_features
+STEP_CACHE = "position_step_cache"  # incremental_state key: see extract_features
 
 
 class FloaterTransformerDecoder(_PositionAwareStack, TransformerDecoderBase):
@@ -244,9 +244,12 @@ class FloaterTransformerDecoder(_PositionAwareStack, TransformerDecoderBase):
         call = PositionCall.for_tokens(self.side, prev_output_tokens, self.padding_idx, self._dtype(),
                                        incremental=incremental_state is not None, **source)
         if incremental_state is not None:
-            # fairseq makes a fresh incremental_state per generate call: one cache check per call
-            call.cache_checked = self.get_incremental_state(incremental_state, CACHE_CHECKED) is not None
-            self.set_incremental_state(incremental_state, CACHE_CHECKED, {})
+            # fairseq makes a fresh incremental_state per generate call: one cache check per call,
+            # and what the position encoder keeps for the call's later steps (call.step_cache)
+            step_cache = self.get_incremental_state(incremental_state, STEP_CACHE)
+            call.cache_checked = step_cache is not None
+            call.step_cache = {} if step_cache is None else step_cache
+            self.set_incremental_state(incremental_state, STEP_CACHE, call.step_cache)
         with applying(self.layers, encoder.layer_positions(call)):
             return super().extract_features(prev_output_tokens, encoder_out, incremental_state,
                                             full_context_alignment, alignment_layer, alignment_heads)

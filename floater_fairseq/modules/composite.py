@@ -170,9 +170,14 @@ def merge_attention(a: Optional[AttentionPositions], b: Optional[AttentionPositi
         return b if a is None else a
     if a.cos is not None and b.cos is not None:
         raise ValueError("two parts of a composite position encoder rotate q and k; keep one rotary encoder")
+    fused = {}
+    for name in ("q_fused", "k_fused", "v_fused"):
+        if getattr(a, name) is not None and getattr(b, name) is not None:
+            raise ValueError(f"two parts of a composite position encoder replace the same projection bias ({name})")
+        fused[name] = getattr(a, name) if getattr(a, name) is not None else getattr(b, name)
     return AttentionPositions(q=_add(a.q, b.q), k=_add(a.k, b.k), v=_add(a.v, b.v),
                               cos=a.cos if a.cos is not None else b.cos, sin=a.sin if a.sin is not None else b.sin,
-                              logit_bias=_add(a.logit_bias, b.logit_bias))
+                              logit_bias=_add(a.logit_bias, b.logit_bias), **fused)
 
 
 def merge_layer(a: LayerPositions, b: LayerPositions) -> LayerPositions:

@@ -323,8 +323,8 @@ class FloaterPositionSignal(nn.Module):
             for p, c in zip(self.parameters(), self._cache_parameters)
         )
 
-    def _cached_table(self, length: int) -> torch.Tensor:
-        if self._cache is None or not self._cache_is_current():
+    def _cached_table(self, length: int, checked: bool = False) -> torch.Tensor:
+        if self._cache is None or not (checked or self._cache_is_current()):
             self._cache = self._cache_parameters = None
             self._cache = self.solve(length)
             self._cache_parameters = [p.detach().clone() for p in self.parameters()]
@@ -352,9 +352,7 @@ class FloaterPositionSignal(nn.Module):
             return shared[:length]
         if torch.is_grad_enabled():
             return self.solve(length)
-        if cache_checked and self._cache is not None and self._cache.size(0) >= length:
-            return self._cache[:length]
-        return self._cached_table(length)
+        return self._cached_table(length, checked=cache_checked)
 
     @contextlib.contextmanager
     def shared_solution(self, length: int):
@@ -464,6 +462,8 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
             # index None: e.g. cross-attention k/v already cached, no source biases needed
             return None if index is None else rows_at(table[:, row], index).to(call.dtype)
 
+        if call.incremental and call.step_cache is not None and isinstance(call.index, slice):
+            return self._fused_step_positions(call, table)
         positions = []
         for n in range(self.num_layers[call.side]):
             first = self.rows_per_layer[call.side] * n
@@ -471,6 +471,40 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
             if call.side == "decoder":
                 layer.cross_attention = AttentionPositions(
                     bias(first + 3, call.index), bias(first + 4, call.source_index), bias(first + 5, call.source_index))
+            positions.append(layer)
+        return positions
+
+    def _fused_step_positions(self, call, table):
+        """One incremental decoder step: b + b^(n)(t_i) for each projection that reads target
+        positions, from tables [L, d] built once per generate call (kept in call.step_cache), so a
+        step adds no kernel of its own. Cross-attention k/v (source positions) are cached by fairseq
+        after the first step; until then they take the additive bias."""
+        step = call.index.start
+        built = call.step_cache["0.0"].size(0) if "0.0" in call.step_cache else 0  # no host synchronisation
+        if built < step + 1:
+            # geometric growth: a long generation rebuilds the tables O(log n) times
+            length = max(table.size(0), 2 * built)
+            # checked: layer_positions has just read (and so checked) the cache in this call
+            rows_of = self.signal.table(length, cache_checked=True)[:, self.rows("decoder")]
+            layers = self._coders["decoder"].layers
+            for n, layer in enumerate(layers):
+                first = self.rows_per_layer["decoder"] * n
+                projections = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
+                if layer.encoder_attn is not None:
+                    projections.append(layer.encoder_attn.q_proj)
+                for j, projection in enumerate(projections):
+                    rows = rows_of[:, first + j]
+                    fused = rows if projection.bias is None else projection.bias.to(rows.dtype) + rows
+                    call.step_cache[f"{n}.{j}"] = fused.to(projection.weight.dtype)
+        positions = []
+        for n in range(self.num_layers["decoder"]):
+            fused = [call.step_cache[f"{n}.{j}"][step] for j in range(4 if f"{n}.3" in call.step_cache else 3)]
+            layer = LayerPositions(self_attention=AttentionPositions(q_fused=fused[0], k_fused=fused[1], v_fused=fused[2]))
+            if len(fused) == 4:
+                first = self.rows_per_layer["decoder"] * n
+                source = (None if call.source_index is None else rows_at(table[:, first + j], call.source_index).to(call.dtype)
+                          for j in (4, 5))
+                layer.cross_attention = AttentionPositions(None, *source, q_fused=fused[3])
             positions.append(layer)
         return positions
 

@@ -46,6 +46,11 @@ class AttentionPositions:
     cos: Optional[Tensor] = None  # rotary q/k: cos and sin [T, B|1, head_dim]
     sin: Optional[Tensor] = None
     logit_bias: Optional[Tensor] = None  # [heads, T, S] added to q.k / sqrt(d)
+    # [d]: the projection's own bias with a position bias folded in, used *instead of* it (one
+    # incremental step: the position term then costs no kernel of its own)
+    q_fused: Optional[Tensor] = None
+    k_fused: Optional[Tensor] = None
+    v_fused: Optional[Tensor] = None
 
 
 @dataclass
@@ -115,8 +120,9 @@ class PositionAwareProjection(nn.Linear):
         return module
 
     def forward(self, x: Tensor) -> Tensor:
-        out = super().forward(x)
         positions = _attention_positions(self.encoder_decoder_attention)
+        fused = None if positions is None else getattr(positions, self.role + "_fused")
+        out = super().forward(x) if fused is None else F.linear(x, self.weight, fused.to(x.dtype))
         if positions is None:
             return out
         bias = getattr(positions, self.role)

@@ -56,10 +56,16 @@ class PositionCall:
     # incremental decoding: an earlier step of this generate call already checked the encoder's
     # cached inference solution against its parameters, which cannot change within the call
     cache_checked: bool = False
+    # incremental decoding: tensors an encoder keeps for the rest of this generate call (fairseq's
+    # incremental_state), e.g. FLOATER's projection biases with the position term folded in
+    step_cache: Optional[Dict[str, Tensor]] = None
 
     @classmethod
     def for_tokens(cls, side, tokens, padding_idx, dtype, incremental=False, **kwargs):
-        positions = real_token_positions(tokens.eq(padding_idx))
+        # An incremental step is the prefix's last token: its position is the step count, as for
+        # fairseq's own positional embeddings (generation never pads the prefix); no padding check,
+        # which would cost a host synchronisation per step.
+        positions = None if incremental else real_token_positions(tokens.eq(padding_idx))
         length = tokens.size(1)
         return cls(side, position_index(positions, length, last_only=incremental), length, dtype,
                    incremental, **kwargs)

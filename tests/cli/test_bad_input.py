@@ -16,7 +16,7 @@ from conftest import USER_DIR, build_model, random_tokens
 
 @pytest.mark.parametrize("flags,message", [
     (["--arch", "floater_transformer_tiny", "--pos-encoder", "fourier"],
-     r"--pos-encoder: invalid choice: 'fourier' \(choose from .*'floater'"),
+     r"--pos-encoder: unknown --pos-encoder 'fourier'; choose one of alibi, floater, .*join several with '\+'"),
     (["--arch", "floater_transformer_tiny", "--floater-method", "rk5"],
      r"--floater-method: invalid choice: 'rk5' \(choose from .*'rk4'"),
     (["--arch", "floater_transformer_tinyy"], r"--arch/-a: invalid choice: 'floater_transformer_tinyy'"),

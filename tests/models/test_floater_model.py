@@ -121,7 +121,7 @@ def test_exploding_dynamics_stop_training_with_floater_error():
 @pytest.mark.parametrize(
     "flags, message",
     [(["--floater-method", "rk5"], "invalid choice: 'rk5'"), (["--pos-blocks", "middle"], "invalid choice: 'middle'"),
-     (["--pos-encoder", "fourier"], "invalid choice: 'fourier'")],
+     (["--pos-encoder", "fourier"], "unknown --pos-encoder 'fourier'")],
 )
 def test_unknown_values_fail_at_argument_parsing(flags, message, capsys):
     with pytest.raises(SystemExit):
