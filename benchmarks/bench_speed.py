@@ -16,6 +16,7 @@ model, fairseq's FP16Optimizer with fp32 master weights and loss scaling).
     python -m benchmarks.bench_speed --sizes small,iwslt --settings default,parallel
     python -m benchmarks.bench_speed --device cuda --fp16 --sizes iwslt,wmt --settings default,rk4-dt/5 --absolute
     python -m benchmarks.bench_speed --ops 50,100,200,400,1000 --sizes iwslt --settings rk4-dt/5,parallel
+    python -m benchmarks.bench_speed --generate-ops --sizes small --settings default,rope+floater
 """
 import argparse
 import multiprocessing
@@ -171,6 +172,28 @@ def leaf_op_count(model, batch) -> int:
                and not any(child.name.startswith("aten::") for child in event.cpu_children))
 
 
+def generation_op_counts(size, settings, dictionary, gen_tokens, mean_len, placement=CPU):
+    """Leaf aten ops and host synchronisations (aten::_local_scalar_dense) of one beam-5 generation,
+    vanilla and per setting: what each position encoder adds per generate call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    arch_suffix, flags = SIZES[size]
+    batch = placement.batches(make_batches(dictionary, gen_tokens, mean_len, 1, seed=2))[0]
+    models = {"vanilla": build(arch_suffix, flags, dictionary, placement=placement)}
+    models.update({s: build_floater(arch_suffix, flags, s, dictionary, placement) for s in settings})
+    counts = {}
+    for name, model in models.items():
+        model.eval()
+        generate(model, dictionary, batch)  # warm: FLOATER's cached solution exists, as after a first batch
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            generate(model, dictionary, batch)
+        events = list(prof.events())
+        leaves = sum(1 for e in events if e.name.startswith("aten::") and e.name not in SHAPE_OPS
+                     and not any(c.name.startswith("aten::") for c in e.cpu_children))
+        counts[name] = (leaves, sum(1 for e in events if e.name == "aten::_local_scalar_dense"))
+    return counts
+
+
 def op_counts(size, settings, lengths, dictionary, sentences=8, placement=CPU):
     """Extra leaf ops of FLOATER over the vanilla step, per setting and sentence length. (FLOATER's extra
     ops barely depend on the number of sentences, the vanilla step's do: 1,312 vs 1,344 extra and 705
@@ -313,6 +336,8 @@ def main(argv=None):
     parser.add_argument("--absolute", action="store_true", help="also print the median seconds")
     parser.add_argument("--ops", help="only count FLOATER's extra leaf aten ops per training step, at these "
                                       "comma-separated lengths, e.g. 50,100,200,400,1000")
+    parser.add_argument("--generate-ops", action="store_true", help="only count the leaf aten ops and host "
+                        "synchronisations of one beam-5 generation, vanilla and per setting")
     parser.add_argument("--ops-sentences", type=int, default=8, help="sentences per --ops batch (FLOATER's "
                         "extra ops barely depend on it; the memory does)")
     args = parser.parse_args(argv)
@@ -329,6 +354,18 @@ def main(argv=None):
     placement = Placement(device=args.device, fp16=args.fp16)
     dictionary = make_dictionary(args.vocab)
     print(f"# {machine()}; {args.device}, {'fp16' if args.fp16 else 'fp32'}, vocabulary {args.vocab}")
+    if args.generate_ops:
+        for size in args.sizes.split(","):
+            counts = generation_op_counts(size, settings, dictionary, args.gen_tokens, int(args.mean_len.split(",")[0]),
+                                          placement)
+            base_ops, base_syncs = counts.pop("vanilla")
+            print(f"# {size}: one beam-5 generation of {args.gen_tokens} source tokens; leaf aten ops and host "
+                  f"synchronisations, vanilla: {base_ops} / {base_syncs}")
+            print(f"{'setting':15} {'leaf ops':>9} {'extra':>7} {'syncs':>6} {'extra':>6}")
+            for setting, (ops, syncs) in counts.items():
+                print(f"{setting:15} {ops:9d} {100 * (ops - base_ops) / base_ops:6.1f}% {syncs:6d} {syncs - base_syncs:6d}",
+                      flush=True)
+        return
     if args.ops:
         for size in args.sizes.split(","):
             print(f"# {size}: leaf aten ops of one training step (forward + backward), {args.ops_sentences} "

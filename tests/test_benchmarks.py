@@ -69,3 +69,23 @@ def test_fp16_train_step_goes_through_fairseqs_fp16_optimizer(monkeypatch):
     for p in model.parameters():
         torch.testing.assert_close(p.float(), master.data[offset:offset + p.numel()].view_as(p), atol=2e-3, rtol=1e-3)
         offset += p.numel()
+
+
+def test_generation_adds_few_ops_and_no_per_step_synchronisation():
+    """FLOATER's per-step position terms are folded into the projections' biases and its cache is
+    checked once per generate call: a beam-5 generation has at most a few extra host
+    synchronisations (the per-step check cost one per parameter per step) and few extra ops."""
+    dictionary = Dictionary()
+    for i in range(50):
+        dictionary.add_symbol(f"w{i}")
+    bench_speed.SIZES["tiny"] = ("transformer", ["--encoder-layers", "2", "--decoder-layers", "2",
+                                                 "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
+                                                 "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
+                                                 "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"])
+    try:
+        counts = bench_speed.generation_op_counts("tiny", ["default", "rope+floater"], dictionary, 60, 12)
+    finally:
+        del bench_speed.SIZES["tiny"]
+    base_ops, base_syncs = counts["vanilla"]
+    ops, syncs = counts["default"]
+    assert syncs - base_syncs <= 4 and ops < 1.05 * base_ops, counts
