@@ -761,11 +761,12 @@ def main(argv=None):
                         "model trained on all lengths, scored on the short-to-long study's buckets)")
     p = commands.add_parser("seeds", help="the per-seed results of a dataset as mean ± std")
     p.add_argument("dataset")
-    p.add_argument("--doc", "--readme", dest="doc", default=os.path.join(REPO, "docs", "results.md"),
+    p.add_argument("--doc", "--readme", dest="doc",
                    help="also put the tables in this file's <!-- DATASET-seeds --> block, where it has one "
-                        "('': no file; default docs/results.md)")
-    p.add_argument("--headline", default=os.path.join(REPO, "README.md"),
-                   help="also rebuild this file's <!-- headline --> block from the result files ('': none)")
+                        "('': no file; default docs/results.md when the results are the repository's)")
+    p.add_argument("--headline",
+                   help="also rebuild this file's <!-- headline --> block from the result files ('': none; "
+                        "default README.md when the results are the repository's)")
     p.add_argument("--plot", metavar="PNG", help="where results have length buckets (the short-to-long study), "
                    "draw test BLEU by source length here (default: results/DATASET-by-length.png; '': no plot)")
     p = commands.add_parser("table")
@@ -781,6 +782,12 @@ def main(argv=None):
             evaluate(args.checkpoint_dir, args.config, args.average_last, args.output, args.subset,
                      args.model_overrides, args.length_buckets_like)
         elif args.command == "seeds":
+            # results elsewhere (FLOATER_RESULTS, a test's) never rewrite the repository's pages
+            own = os.path.abspath(RESULTS_ROOT) == os.path.join(REPO, "results")
+            if args.doc is None:
+                args.doc = os.path.join(REPO, "docs", "results.md") if own else ""
+            if args.headline is None:
+                args.headline = os.path.join(REPO, "README.md") if own else ""
             text = seed_table(args.dataset)
             if args.doc and replace_block(args.doc, f"{args.dataset}-seeds", readme_tables(text)):
                 print(f"updated the {args.dataset}-seeds block of {args.doc}")

@@ -30,10 +30,14 @@ from .position_encoder import (
 SEPARATOR = "+"
 
 
+def _simple_names() -> List[str]:
+    return sorted(n for n, cls in POSITION_ENCODER_REGISTRY.items() if not issubclass(cls, CompositePositionEncoder))
+
+
 def part_names(name: str) -> List[str]:
     """The parts of a composite name, checked: 'rope+floater' -> ['rope', 'floater']."""
     names = name.split(SEPARATOR)
-    simple = sorted(n for n, cls in POSITION_ENCODER_REGISTRY.items() if not issubclass(cls, CompositePositionEncoder))
+    simple = _simple_names()
     unknown = [n for n in names if n not in simple]
     if unknown:
         raise ValueError(f"--pos-encoder {name}: unknown part(s) {', '.join(map(repr, unknown))}; a composite "
@@ -48,8 +52,8 @@ def position_encoder_class(name: str) -> type:
     """The registered encoder ``name``; a composite 'a+b' is built and registered on first use."""
     if name not in POSITION_ENCODER_REGISTRY:
         if SEPARATOR not in name:
-            raise ValueError(f"unknown --pos-encoder {name!r}; choose one of {', '.join(sorted(POSITION_ENCODER_REGISTRY))}"
-                             f", or join several with '+' (e.g. rope+floater)")
+            raise ValueError(f"unknown --pos-encoder {name!r}; choose one of {', '.join(_simple_names())}, or join "
+                             f"several with '+' (e.g. rope+floater)")
         parts = tuple(part_names(name))
         register_position_encoder(name)(type(
             "CompositePositionEncoder_" + "_".join(p.replace("-", "_") for p in parts),

@@ -41,4 +41,4 @@ def test_refuses_a_checkpoint_without_floater(tmp_path):
     torch.save(state, tmp_path / "sinusoidal.pt")
     result = subprocess.run(["bash", os.path.join(REPO, "scripts", "analyze-trajectories.sh"), str(tmp_path / "sinusoidal.pt"),
                              "--train-length", "9"], capture_output=True, text=True)
-    assert result.returncode == 2 and "not floater: it has no trajectories" in result.stderr
+    assert result.returncode == 2 and "which has no floater part: it has no trajectories" in result.stderr

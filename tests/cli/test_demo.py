@@ -7,15 +7,15 @@ import shutil
 from conftest import REPO, run_cli
 
 
-def test_demo_quick_reports_every_system_over_seeds_and_updates_the_readme(tmp_path):
-    out, results, readme = tmp_path / "demo", tmp_path / "results", tmp_path / "README.md"
-    shutil.copy(os.path.join(REPO, "README.md"), readme)
+def test_demo_quick_reports_every_system_over_seeds_and_updates_the_results_page(tmp_path):
+    out, results, readme = tmp_path / "demo", tmp_path / "results", tmp_path / "results-page.md"
+    shutil.copy(os.path.join(REPO, "docs", "results.md"), readme)
     systems = "sinusoidal (input),FLOATER dissipative"
     result = run_cli("python", "-m", "floater_fairseq.cli.demo", "--quick", "--seeds", "2", "--systems", systems,
-                     "--out", str(out), "--results", str(results), "--readme", str(readme))
+                     "--out", str(out), "--results", str(results), "--doc", str(readme))
     table = (out / "results.md").read_text()
     assert (results / "results.md").read_text() == table and table.strip() in result.stdout
-    # the README's block is the demo's own output file, nothing else changed around it
+    # the page's block is the demo's own output file, nothing else changed around it
     text = readme.read_text()
     assert re.search(r"<!-- demo-results -->\n(.*?)<!-- /demo-results -->", text, re.S).group(1) == table
     data = json.loads((results / "results.json").read_text())

@@ -185,6 +185,9 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
             "length_buckets": {"buckets": ["1-12", "21-1000"], "bleu": [40.0, 10.0 + seed], "sentences": [5, 3]}}))
     (speed / "bench-speed-cpu-encoders.txt").write_text(
         "size   setting          train generate memory extra ops\nsmall  rope              0.910    1.000  1.000         5\n")
+    readme_before = open(os.path.join(experiment.REPO, "README.md"), encoding="utf-8").read()
+    assert experiment.main(["seeds", "d"]) == 0  # results that are not the repository's: its pages untouched
+    assert open(os.path.join(experiment.REPO, "README.md"), encoding="utf-8").read() == readme_before
     assert experiment.main(["seeds", "d", "--readme", "", "--headline", str(headline)]) == 0
     assert "| `rope` | 39.50 ± 0.71 (n=2) | 11.5 ± 0.7 (n=2) | 0.91 | - |" in headline.read_text()
     assert "| `rope+floater --floater-no-input-sinusoid` | not run | not run | - | - |" in headline.read_text()
