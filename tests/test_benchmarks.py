@@ -1,6 +1,7 @@
 """The benchmarks measure what they say: the accuracy benchmark's reference row is the reference,
 coarser steps are further from it, and the op counter sees rk4's launches grow with length while
 the parallel solve's do not."""
+import contextlib
 import os
 
 import torch
@@ -13,6 +14,23 @@ from benchmarks import bench_solver_accuracy, bench_speed
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "checkpoint-2026-11-25", "checkpoint.pt")
 
 
+@contextlib.contextmanager
+def tiny_size(layers):
+    """bench_speed's SIZES with a 16-dim model of ``layers`` layers, as "tiny"; yields a dictionary."""
+    dictionary = Dictionary()
+    for i in range(50):
+        dictionary.add_symbol(f"w{i}")
+    n = str(layers)
+    bench_speed.SIZES["tiny"] = ("transformer", ["--encoder-layers", n, "--decoder-layers", n,
+                                                 "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
+                                                 "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
+                                                 "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"])
+    try:
+        yield dictionary
+    finally:
+        del bench_speed.SIZES["tiny"]
+
+
 def test_solver_accuracy_against_the_reference():
     signal = bench_solver_accuracy.signal_of(FIXTURE)  # a FLOATER-all checkpoint (paper dynamics)
     rows = bench_solver_accuracy.compare(signal, [("rk4", signal.dt / 10), ("rk4", signal.dt)], [6, 24])
@@ -23,17 +41,8 @@ def test_solver_accuracy_against_the_reference():
 
 
 def test_op_counter_sees_rk4_grow_with_length_and_parallel_not():
-    dictionary = Dictionary()
-    for i in range(50):
-        dictionary.add_symbol(f"w{i}")
-    bench_speed.SIZES["tiny"] = ("transformer", ["--encoder-layers", "1", "--decoder-layers", "1",
-                                                 "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
-                                                 "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
-                                                 "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"])
-    try:
+    with tiny_size(layers=1) as dictionary:
         rows = bench_speed.op_counts("tiny", ["rk4-dt", "parallel", "no-solve"], [10, 40], dictionary, sentences=2)
-    finally:
-        del bench_speed.SIZES["tiny"]
     (_, _, short), (_, _, long) = rows
     assert long["rk4-dt"] > 3 * short["rk4-dt"] > 0
     assert abs(long["parallel"] - short["parallel"]) < 0.2 * short["parallel"]
@@ -75,17 +84,8 @@ def test_generation_adds_few_ops_and_no_per_step_synchronisation():
     """FLOATER's per-step position terms are folded into the projections' biases and its cache is
     checked once per generate call: a beam-5 generation has at most a few extra host
     synchronisations (the per-step check cost one per parameter per step) and few extra ops."""
-    dictionary = Dictionary()
-    for i in range(50):
-        dictionary.add_symbol(f"w{i}")
-    bench_speed.SIZES["tiny"] = ("transformer", ["--encoder-layers", "2", "--decoder-layers", "2",
-                                                 "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
-                                                 "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
-                                                 "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"])
-    try:
+    with tiny_size(layers=2) as dictionary:
         counts = bench_speed.generation_op_counts("tiny", ["default", "rope+floater"], dictionary, 60, 12)
-    finally:
-        del bench_speed.SIZES["tiny"]
     base_ops, base_syncs = counts["vanilla"]
     ops, syncs = counts["default"]
     assert syncs - base_syncs <= 4 and ops < 1.05 * base_ops, counts

@@ -97,14 +97,8 @@ class CompositePositionEncoder(PositionEncoder):
         cls.supported_blocks = cls._supported_blocks()
         cls.uses_source_positions = any(c.uses_source_positions for c in cls.part_classes())
 
-    # the parts are registered encoders: their flags and defaults are already added and filled
-    @staticmethod
-    def add_args(group):
-        pass
-
-    @staticmethod
-    def set_defaults(args):
-        pass
+    # add_args / set_defaults stay the base's no-ops: the parts are registered encoders, whose flags
+    # and defaults are already added and filled
 
     @classmethod
     def configure(cls, args, cfg):
