@@ -463,7 +463,7 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
             return None if index is None else rows_at(table[:, row], index).to(call.dtype)
 
         if call.incremental and call.step_cache is not None and isinstance(call.index, slice):
-            return self._fused_step_positions(call, table)
+            return self._fused_step_positions(call, table, bias)
         positions = []
         for n in range(self.num_layers[call.side]):
             first = self.rows_per_layer[call.side] * n
@@ -474,7 +474,7 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
             positions.append(layer)
         return positions
 
-    def _fused_step_positions(self, call, table):
+    def _fused_step_positions(self, call, table, bias):
         """One incremental decoder step: b + b^(n)(t_i) for each projection that reads target
         positions, from tables [L, d] built once per generate call (kept in call.step_cache), so a
         step adds no kernel of its own. Cross-attention k/v (source positions) are cached by fairseq
@@ -502,9 +502,8 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
             layer = LayerPositions(self_attention=AttentionPositions(q_fused=fused[0], k_fused=fused[1], v_fused=fused[2]))
             if len(fused) == 4:
                 first = self.rows_per_layer["decoder"] * n
-                source = (None if call.source_index is None else rows_at(table[:, first + j], call.source_index).to(call.dtype)
-                          for j in (4, 5))
-                layer.cross_attention = AttentionPositions(None, *source, q_fused=fused[3])
+                layer.cross_attention = AttentionPositions(None, bias(first + 4, call.source_index),
+                                                           bias(first + 5, call.source_index), q_fused=fused[3])
             positions.append(layer)
         return positions
 
