@@ -227,3 +227,25 @@ def test_single_position_and_fp32_state_for_half_parameters():
         table = signal.table(1)
         assert table.dtype == torch.float32
         assert signal.table(7).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dynamics", ["paper", "dissipative", "rotation"])
+def test_windowed_fixed_grid_solve_equals_one_torchdiffeq_call(dynamics):
+    """The solve runs torchdiffeq window by window (SOLVE_WINDOW positions per call, so its backward
+    is O(L) and not O(L^2)); for a fixed-grid method that is the same computation as one call."""
+    from torchdiffeq import odeint
+    from floater_fairseq.modules import floater
+
+    torch.manual_seed(0)
+    signal = _Signal(3, 6, method="rk4", step_size=0.05, init_std=0.3, initial_value_std=1.0,
+                     dynamics=dynamics).double()
+    length = 2 * floater.SOLVE_WINDOW + 5  # two full windows and a partial one
+    windowed = signal.solve(length)
+    cotangent = torch.randn_like(windowed)
+    windowed_grads = torch.autograd.grad((windowed * cotangent).sum(), list(signal.parameters()))
+    times = torch.arange(length, dtype=torch.float64) * signal.dt
+    whole = odeint(signal.dynamics, signal.initial_values, times, method="rk4", options={"step_size": 0.05})
+    whole_grads = torch.autograd.grad((whole * cotangent).sum(), list(signal.parameters()))
+    torch.testing.assert_close(windowed, whole, atol=1e-12, rtol=1e-12)
+    for ours, reference in zip(windowed_grads, whole_grads):
+        torch.testing.assert_close(ours, reference, atol=1e-11, rtol=1e-11)
