@@ -91,8 +91,19 @@ _OPTIONS = [
     Option("floater", "--floater-step-size", None, "step of fixed-grid solvers (None: DT/10 for --floater-method "
            "parallel, DT/5 (the paper's setting) for the others; auto: DT/10 on accelerators, DT/2 on a CPU); "
            "above DT, positions between grid points are interpolated linearly (torchdiffeq)", float, bounds=(0, INF, False), metavar="H"),
-    Option("floater", "--floater-parallel-tol", 1e-6, "--floater-method parallel: stop iterating when no "
-           "value changes by more than this, relative to the largest value", float, bounds=(0, 1, False)),
+    Option("floater", "--floater-parallel-tol", 1e-6, "--floater-method parallel: the residual (relative to "
+           "the largest value) its iterations are meant to reach; checked by tests and benchmarks, not in "
+           "training (the check reads a value back to the host)", float, bounds=(0, 1, False)),
+    Option("floater", "--floater-parallel-iterations", 12, "--floater-method parallel: Picard iterations per "
+           "window, forward and for the implicit gradient (a fixed count, so the solve has no data-dependent "
+           "control flow)", int, bounds=(1, INF, True), metavar="N"),
+    Option("floater", "--floater-parallel-window", 64, "--floater-method parallel: positions solved together; "
+           "the next window starts where this one ends, so memory is bounded by one window's grid at any length",
+           int, bounds=(1, INF, True), metavar="W"),
+    Option("floater", "--floater-parallel-compile", "off", "--floater-method parallel: run each window through "
+           "torch.compile(fullgraph=True) (default: inductor's default mode; reduce-overhead: with CUDA graphs); "
+           "one graph serves every length. Opt-in until timed on an accelerator",
+           choices=("off", "default", "reduce-overhead")),
     Option("floater", "--floater-rtol", 1e-4, "rtol of adaptive solvers", float, bounds=(0, 1, False)),
     Option("floater", "--floater-atol", 1e-6, "atol of adaptive solvers", float, bounds=(0, 1, False)),
     Option("floater", "--floater-adjoint", False, "backpropagate with the adjoint method (O(1) memory in "

@@ -9,7 +9,6 @@ stacked into one [K, d] state and integrated by a single torchdiffeq ``odeint`` 
 import contextlib
 import contextvars
 import math
-import warnings
 from typing import List, NamedTuple, Optional
 
 import torch
@@ -109,12 +108,14 @@ class _BoundedTimeDynamics(nn.Module):
                           out=self.output_layer.weight.to(dtype).t().contiguous(),
                           out_bias=self.output_layer.bias.to(dtype))
 
+    def time_features(self, times: torch.Tensor) -> torch.Tensor:
+        """phi(t) = [sin(w_k t), cos(w_k t)] for each time: [*times.shape, 2F] (no parameters)."""
+        return parallel_solve.time_features(times, self.frequencies)
+
     def time_bias(self, times: torch.Tensor, weights: Optional[MlpWeights] = None) -> torch.Tensor:
         """c + W_phi phi(t) for each time: [*times.shape, hidden]. (W [p; phi] + c == W_p p + this.)"""
         weights = weights or self.weights(times.dtype)
-        angles = times.unsqueeze(-1) * self.frequencies.to(times.dtype)
-        phi = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-        return F.linear(phi, weights.time, weights.bias)
+        return F.linear(self.time_features(times), weights.time, weights.bias)
 
     def mlp_with_bias(self, time_bias: torch.Tensor, p: torch.Tensor,
                       weights: Optional[MlpWeights] = None) -> torch.Tensor:
@@ -144,11 +145,6 @@ class DissipativeDynamics(_BoundedTimeDynamics):
 
     def decay(self, dtype) -> torch.Tensor:
         return self.GAMMA_MIN + F.softplus(self.rho.to(dtype))
-
-    def forcing(self, time_bias: torch.Tensor, trajectory: torch.Tensor,
-                weights: Optional[MlpWeights] = None) -> torch.Tensor:
-        """g = tanh(u) at every point of a trajectory [M, K, d], time_bias [M, hidden] (parallel solve)."""
-        return torch.tanh(self.mlp_with_bias(time_bias.unsqueeze(1), trajectory, weights))
 
     def vector_field(self, dtype):
         """dp/dt as f(t, p) for one solve (torchdiffeq's ``func``): the weights and the decay are
@@ -230,6 +226,9 @@ class FloaterPositionSignal(nn.Module):
         dynamics: str = default("floater_dynamics"),
         parallel_tol: float = default("floater_parallel_tol"),
         activation: str = default("floater_activation"),
+        parallel_iterations: int = default("floater_parallel_iterations"),
+        parallel_window: int = default("floater_parallel_window"),
+        parallel_compile: str = default("floater_parallel_compile"),
     ):
         super().__init__()
         method = default_method(dynamics) if method is None else method
@@ -266,6 +265,12 @@ class FloaterPositionSignal(nn.Module):
         self.atol = atol
         self.adjoint = adjoint
         self.parallel_tol = parallel_tol
+        self.parallel_iterations = parallel_iterations
+        self.parallel_window = parallel_window
+        self.parallel_compile = parallel_compile
+        # raise if a parallel solve leaves a residual above parallel_tol (a host synchronisation per
+        # window: for tests and diagnostics, off in training)
+        self.check_parallel_residual = False
         if dynamics not in DYNAMICS:
             raise ValueError(f"FLOATER: unknown --floater-dynamics {dynamics!r}; choose one of {', '.join(DYNAMICS)}")
         if dynamics == "paper":
@@ -278,7 +283,6 @@ class FloaterPositionSignal(nn.Module):
         self._cache: Optional[torch.Tensor] = None
         self._cache_parameters: Optional[List[torch.Tensor]] = None  # the values it was solved from
         self._shared = contextvars.ContextVar(f"floater_shared_solution_{id(self)}", default=None)
-        self._warned_fallback = False
         self.num_solves = 0
 
     @property
@@ -302,10 +306,9 @@ class FloaterPositionSignal(nn.Module):
         if t.numel() == 1:
             return y0.unsqueeze(0)
         method, step_size = self.solver(y0.device)
-        solution = None
         if method in PARALLEL_METHODS:
             solution = self._integrate_parallel(y0, first_index, t.numel(), step_size)
-        if solution is None:
+        else:
             solution = self._integrate_sequential(y0, t, method, step_size)
         if not torch.isfinite(solution).all():
             raise FloaterNumericalError(
@@ -317,9 +320,8 @@ class FloaterPositionSignal(nn.Module):
         return solution
 
     def _integrate_sequential(self, y0: torch.Tensor, t: torch.Tensor, method: str, step_size: float) -> torch.Tensor:
-        # torchdiffeq; --floater-method parallel falls back to rk4 on its own grid
-        kwargs = {"method": "rk4" if method in PARALLEL_METHODS else method}
-        if method in FIXED_GRID_METHODS + PARALLEL_METHODS:
+        kwargs = {"method": method}
+        if method in FIXED_GRID_METHODS:
             kwargs["options"] = {"step_size": step_size}
         else:
             kwargs.update(rtol=self.rtol, atol=self.atol)
@@ -328,7 +330,7 @@ class FloaterPositionSignal(nn.Module):
             if self.adjoint:
                 return odeint_adjoint(self.dynamics, y0, t, adjoint_params=tuple(self.dynamics.parameters()), **kwargs)
             field = self.dynamics.vector_field(y0.dtype) if hasattr(self.dynamics, "vector_field") else self.dynamics
-            if method not in FIXED_GRID_METHODS + PARALLEL_METHODS:
+            if method not in FIXED_GRID_METHODS:
                 return odeint(field, y0, t, **kwargs)
             # torchdiffeq writes each output into one preallocated tensor, so the backward of a solve to
             # L positions copies the whole [L, K, d] gradient once per position (O(L^2)); a fixed-grid
@@ -341,21 +343,16 @@ class FloaterPositionSignal(nn.Module):
             return torch.cat(windows)
 
     def _integrate_parallel(self, y0: torch.Tensor, first_index: int, count: int,
-                            step_size: float) -> Optional[torch.Tensor]:
-        """None where the parallel solve does not apply: spans of fewer grid points than its
-        interpolation stencil, or no convergence in MAX_ITERATIONS (warned once)."""
+                            step_size: float) -> torch.Tensor:
         substeps = round(self.dt / step_size)
-        if (count - 1) * substeps + 1 < parallel_solve.STENCIL:
-            return None
         self.num_solves += 1
+        compiled = None if self.parallel_compile == "off" else \
+            {} if self.parallel_compile == "default" else {"mode": self.parallel_compile}
         with _fp32_autocast_off(y0.device):
-            solution = parallel_solve.solve(self.dynamics, y0, first_index * self.dt, count, self.dt, substeps,
-                                            self.parallel_tol, parallel_solve.MAX_ITERATIONS)
-        if solution is None and not self._warned_fallback:
-            self._warned_fallback = True
-            warnings.warn(f"FLOATER: the parallel solve did not converge in {parallel_solve.MAX_ITERATIONS} "
-                          f"iterations; solving with rk4 on the same grid instead (warned once)")
-        return solution
+            return parallel_solve.solve(self.dynamics, y0, first_index * self.dt, count, self.dt, substeps,
+                                        self.parallel_iterations, self.parallel_window,
+                                        check=self.parallel_tol if self.check_parallel_residual else None,
+                                        compiled=compiled)
 
     def solve(self, length: int) -> torch.Tensor:
         """A fresh solve: [length, K, d], differentiable; float32 (float64 for float64 params)."""
@@ -464,6 +461,8 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
             hidden_dim=args.floater_hidden_dim, init_std=args.floater_init_std,
             initial_value_std=0.0 if self.blocks == "all" else 1.0, dynamics=args.floater_dynamics,
             parallel_tol=args.floater_parallel_tol, activation=args.floater_activation,
+            parallel_iterations=args.floater_parallel_iterations, parallel_window=args.floater_parallel_window,
+            parallel_compile=args.floater_parallel_compile,
         )
         if self.blocks == "input" and args.floater_dynamics == "rotation":
             with torch.no_grad():  # start as exactly fairseq's sinusoid (see RotationDynamics)
