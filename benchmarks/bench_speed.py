@@ -158,9 +158,10 @@ SHAPE_OPS = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::as_st
              "aten::item", "aten::_local_scalar_dense", "aten::to", "aten::_to_copy"}
 
 
-def leaf_op_count(model, batch) -> int:
-    """Kernel-launching aten ops of one forward + backward: profiler events named aten::* with no
-    aten::* children, shape/view ops excluded (a device-independent proxy for launches)."""
+def step_counts(model, batch):
+    """(leaf ops, host synchronisations) of one forward + backward. Leaf ops: kernel-launching aten ops,
+    profiler events named aten::* with no aten::* children, shape/view ops excluded (a
+    device-independent proxy for launches); synchronisations: aten::_local_scalar_dense calls."""
     from torch.profiler import ProfilerActivity, profile
 
     src, src_lengths, prev, tgt = batch
@@ -168,8 +169,14 @@ def leaf_op_count(model, batch) -> int:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         logits, _ = model(src, src_lengths, prev)
         torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1)).backward()
-    return sum(1 for event in prof.events() if event.name.startswith("aten::") and event.name not in SHAPE_OPS
-               and not any(child.name.startswith("aten::") for child in event.cpu_children))
+    events = list(prof.events())
+    leaves = sum(1 for event in events if event.name.startswith("aten::") and event.name not in SHAPE_OPS
+                 and not any(child.name.startswith("aten::") for child in event.cpu_children))
+    return leaves, sum(1 for event in events if event.name == "aten::_local_scalar_dense")
+
+
+def leaf_op_count(model, batch) -> int:
+    return step_counts(model, batch)[0]
 
 
 def generation_op_counts(size, settings, dictionary, gen_tokens, mean_len, placement=CPU):
@@ -192,6 +199,15 @@ def generation_op_counts(size, settings, dictionary, gen_tokens, mean_len, place
                      and not any(c.name.startswith("aten::") for c in e.cpu_children))
         counts[name] = (leaves, sum(1 for e in events if e.name == "aten::_local_scalar_dense"))
     return counts
+
+
+def training_sync_counts(size, settings, dictionary, length=40, sentences=4, placement=CPU):
+    """Host synchronisations of one training step (forward + backward), vanilla and per setting."""
+    arch_suffix, flags = SIZES[size]
+    batch = placement.batches(make_batches(dictionary, sentences * length, length, 1, seed=3))[0]
+    models = {"vanilla": build(arch_suffix, flags, dictionary, placement=placement)}
+    models.update({s: build_floater(arch_suffix, flags, s, dictionary, placement) for s in settings})
+    return {name: step_counts(model, batch)[1] for name, model in models.items()}
 
 
 def op_counts(size, settings, lengths, dictionary, sentences=8, placement=CPU):
@@ -338,6 +354,8 @@ def main(argv=None):
                                       "comma-separated lengths, e.g. 50,100,200,400,1000")
     parser.add_argument("--generate-ops", action="store_true", help="only count the leaf aten ops and host "
                         "synchronisations of one beam-5 generation, vanilla and per setting")
+    parser.add_argument("--train-syncs", action="store_true", help="only count the host synchronisations "
+                        "(aten::_local_scalar_dense) of one training step, vanilla and per setting")
     parser.add_argument("--ops-sentences", type=int, default=8, help="sentences per --ops batch (FLOATER's "
                         "extra ops barely depend on it; the memory does)")
     args = parser.parse_args(argv)
@@ -365,6 +383,14 @@ def main(argv=None):
             for setting, (ops, syncs) in counts.items():
                 print(f"{setting:15} {ops:9d} {100 * (ops - base_ops) / base_ops:6.1f}% {syncs:6d} {syncs - base_syncs:6d}",
                       flush=True)
+        return
+    if args.train_syncs:
+        for size in args.sizes.split(","):
+            counts = training_sync_counts(size, settings, dictionary, int(args.mean_len.split(",")[0]),
+                                          placement=placement)
+            print(f"# {size}: host synchronisations of one training step (forward + backward), "
+                  f"{int(args.mean_len.split(',')[0])}-token sentences")
+            print("  ".join(f"{name} {count}" for name, count in counts.items()), flush=True)
         return
     if args.ops:
         for size in args.sizes.split(","):

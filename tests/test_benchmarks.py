@@ -83,6 +83,17 @@ def test_fp16_train_step_goes_through_fairseqs_fp16_optimizer(monkeypatch):
         offset += p.numel()
 
 
+def test_a_training_step_with_the_parallel_solve_synchronises_as_vanilla_does():
+    """The accelerator's solver (--floater-method parallel) reads nothing back to the host while it
+    solves or differentiates: a FLOATER-all training step has at most 2 more host synchronisations
+    than the vanilla step (ours: the padding checks of the encoder's and the decoder's tokens, as RoPE
+    has; the decoder reuses the encoder's source positions), whatever the number of windows. (torchdiffeq's
+    rk4, the CPU's default, reads the time back at every step: cheap on a CPU, where it runs.)"""
+    with tiny_size(layers=2) as dictionary:
+        counts = bench_speed.training_sync_counts("tiny", ["parallel"], dictionary, length=150)
+    assert counts["parallel"] <= counts["vanilla"] + 2, counts
+
+
 def test_generation_adds_few_ops_and_no_per_step_synchronisation():
     """FLOATER's per-step position terms are folded into the projections' biases and its cache is
     checked once per generate call: a beam-5 generation has at most a few extra host

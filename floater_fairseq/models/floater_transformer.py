@@ -202,6 +202,9 @@ class _PositionAwareStack:
         return self.embed_tokens.weight.dtype
 
 
+SOURCE_POSITIONS = "source_positions"  # encoder_out key: the source tokens' real-token positions
+
+
 class FloaterTransformerEncoder(_PositionAwareStack, TransformerEncoderBase):
     side = "encoder"
 
@@ -213,7 +216,16 @@ class FloaterTransformerEncoder(_PositionAwareStack, TransformerEncoderBase):
         encoder.check_length(self.side, src_tokens.size(1))
         call = PositionCall.for_tokens(self.side, src_tokens, self.padding_idx, self._dtype())
         with applying(self.layers, encoder.layer_positions(call)):
-            return super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
+            out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
+        if encoder.uses_source_positions:  # for the decoder's cross-attention: no second padding check
+            out[SOURCE_POSITIONS] = [] if call.token_positions is None else [call.token_positions]
+        return out
+
+    def reorder_encoder_out(self, encoder_out, new_order):
+        reordered = super().reorder_encoder_out(encoder_out, new_order)
+        if SOURCE_POSITIONS in encoder_out:
+            reordered[SOURCE_POSITIONS] = [p.index_select(0, new_order) for p in encoder_out[SOURCE_POSITIONS]]
+        return reordered
 
 
 STEP_CACHE = "position_step_cache"  # incremental_state key: see extract_features
@@ -239,8 +251,13 @@ class FloaterTransformerDecoder(_PositionAwareStack, TransformerDecoderBase):
         source = {}
         if (encoder.uses_source_positions and encoder_out is not None and encoder_out.get("encoder_out")
                 and not self._cross_attention_cached(incremental_state)):
-            masks = encoder_out.get("encoder_padding_mask") or [None]
-            source = PositionCall.source_positions(encoder_out["encoder_out"][0].size(0), masks[0])
+            length = encoder_out["encoder_out"][0].size(0)
+            if SOURCE_POSITIONS in encoder_out:
+                positions = encoder_out[SOURCE_POSITIONS]
+                source = PositionCall.source_positions(length, positions=positions[0] if positions else None, known=True)
+            else:  # an encoder_out from elsewhere
+                masks = encoder_out.get("encoder_padding_mask") or [None]
+                source = PositionCall.source_positions(length, masks[0])
         call = PositionCall.for_tokens(self.side, prev_output_tokens, self.padding_idx, self._dtype(),
                                        incremental=incremental_state is not None, **source)
         if incremental_state is not None:

@@ -60,6 +60,10 @@ class PositionCall:
     # incremental_state), e.g. FLOATER's projection biases with the position term folded in
     step_cache: Optional[Dict[str, Tensor]] = None
 
+    # the real-token positions of the tokens (None: no padding), which the encoder passes on to the
+    # decoder's cross-attention so that it need not check the padding again
+    token_positions: Optional[Tensor] = None
+
     @classmethod
     def for_tokens(cls, side, tokens, padding_idx, dtype, incremental=False, **kwargs):
         # An incremental step is the prefix's last token: its position is the step count, as for
@@ -67,12 +71,18 @@ class PositionCall:
         # which would cost a host synchronisation per step.
         positions = None if incremental else real_token_positions(tokens.eq(padding_idx))
         length = tokens.size(1)
-        return cls(side, position_index(positions, length, last_only=incremental), length, dtype,
+        call = cls(side, position_index(positions, length, last_only=incremental), length, dtype,
                    incremental, **kwargs)
+        call.token_positions = positions
+        return call
 
     @staticmethod
-    def source_positions(length: int, pad_mask: Optional[Tensor]) -> dict:
-        return {"source_index": position_index(real_token_positions(pad_mask), length), "source_length": length}
+    def source_positions(length: int, pad_mask: Optional[Tensor] = None, positions: Optional[Tensor] = None,
+                         known: bool = False) -> dict:
+        """The decoder's view of the source positions: from the encoder's (``known``: ``positions``, None
+        for no padding), else from the padding mask (a host synchronisation, as every padding check)."""
+        positions = positions if known else real_token_positions(pad_mask)
+        return {"source_index": position_index(positions, length), "source_length": length}
 
 
 class PositionEncoder(nn.Module):
