@@ -35,7 +35,7 @@ from ..modules.kernelized_attention import (
 )
 from ..modules.position_aware_layers import PositionAwareDecoderLayer, PositionAwareEncoderLayer, applying
 from ..modules.composite import position_encoder_class
-from ..modules.position_encoder import POSITION_ENCODER_REGISTRY, PositionCall, PositionEncoder
+from ..modules.position_encoder import POSITION_ENCODER_REGISTRY, PositionCall, PositionEncoder, real_token_positions
 
 logger = logging.getLogger(__name__)
 
@@ -252,12 +252,11 @@ class FloaterTransformerDecoder(_PositionAwareStack, TransformerDecoderBase):
         if (encoder.uses_source_positions and encoder_out is not None and encoder_out.get("encoder_out")
                 and not self._cross_attention_cached(incremental_state)):
             length = encoder_out["encoder_out"][0].size(0)
-            if SOURCE_POSITIONS in encoder_out:
-                positions = encoder_out[SOURCE_POSITIONS]
-                source = PositionCall.source_positions(length, positions=positions[0] if positions else None, known=True)
+            if SOURCE_POSITIONS in encoder_out:  # our encoder's: no second padding check
+                positions = (encoder_out[SOURCE_POSITIONS] or [None])[0]
             else:  # an encoder_out from elsewhere
-                masks = encoder_out.get("encoder_padding_mask") or [None]
-                source = PositionCall.source_positions(length, masks[0])
+                positions = real_token_positions((encoder_out.get("encoder_padding_mask") or [None])[0])
+            source = PositionCall.source_positions(length, positions)
         call = PositionCall.for_tokens(self.side, prev_output_tokens, self.padding_idx, self._dtype(),
                                        incremental=incremental_state is not None, **source)
         if incremental_state is not None:

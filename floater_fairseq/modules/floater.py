@@ -54,6 +54,10 @@ class FloaterDynamics(nn.Module):
         weight = layer.weight.to(x.dtype)
         return F.linear(x, weight[:, :-1], layer.bias.to(x.dtype) + t * weight[:, -1])
 
+    def vector_field(self, dtype):
+        """dp/dt as f(t, p) for one solve (torchdiffeq's ``func``): h itself."""
+        return self
+
     def forward(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         self.num_evaluations += 1
         t = t.to(p.dtype)
@@ -112,22 +116,12 @@ class _BoundedTimeDynamics(nn.Module):
         """phi(t) = [sin(w_k t), cos(w_k t)] for each time: [*times.shape, 2F] (no parameters)."""
         return parallel_solve.time_features(times, self.frequencies)
 
-    def time_bias(self, times: torch.Tensor, weights: Optional[MlpWeights] = None) -> torch.Tensor:
-        """c + W_phi phi(t) for each time: [*times.shape, hidden]. (W [p; phi] + c == W_p p + this.)"""
-        weights = weights or self.weights(times.dtype)
-        return F.linear(self.time_features(times), weights.time, weights.bias)
-
-    def mlp_with_bias(self, time_bias: torch.Tensor, p: torch.Tensor,
-                      weights: Optional[MlpWeights] = None) -> torch.Tensor:
-        """u for a precomputed ``time_bias`` (broadcast over the rows of p)."""
+    def mlp(self, t: torch.Tensor, p: torch.Tensor, weights: MlpWeights) -> torch.Tensor:
+        """u(phi(t), p) with a solve's ``weights`` (W [p; phi] + c == W_p p + (W_phi phi + c))."""
         self.num_evaluations += 1
-        weights = weights or self.weights(p.dtype)
-        hidden = self.ACTIVATIONS[self.activation](torch.matmul(p, weights.state) + time_bias)
-        return torch.matmul(hidden, weights.out) + weights.out_bias
-
-    def mlp(self, t: torch.Tensor, p: torch.Tensor, weights: Optional[MlpWeights] = None) -> torch.Tensor:
-        weights = weights or self.weights(p.dtype)
-        return self.mlp_with_bias(self.time_bias(t.to(p.dtype), weights), p, weights)
+        time_bias = F.linear(self.time_features(t.to(p.dtype)), weights.time, weights.bias)
+        return parallel_solve.mlp(p, time_bias, weights.state, weights.out, weights.out_bias,
+                                  self.ACTIVATIONS[self.activation])
 
 
 class DissipativeDynamics(_BoundedTimeDynamics):
@@ -330,7 +324,7 @@ class FloaterPositionSignal(nn.Module):
         with _fp32_autocast_off(y0.device):
             if self.adjoint:
                 return odeint_adjoint(self.dynamics, y0, t, adjoint_params=tuple(self.dynamics.parameters()), **kwargs)
-            field = self.dynamics.vector_field(y0.dtype) if hasattr(self.dynamics, "vector_field") else self.dynamics
+            field = self.dynamics.vector_field(y0.dtype)
             if method not in FIXED_GRID_METHODS:
                 return odeint(field, y0, t, **kwargs)
             # torchdiffeq writes each output into one preallocated tensor, so the backward of a solve to

@@ -96,12 +96,16 @@ def linear_recurrence(start: torch.Tensor, operators, steps: torch.Tensor) -> to
     return x
 
 
+def mlp(p, time_bias, state, out, out_bias, activation):
+    """u = W_out act(W_p p + time_bias) + c_out, the bounded dynamics' MLP (weights as in MlpWeights)."""
+    return torch.matmul(activation(torch.matmul(p, state) + time_bias), out) + out_bias
+
+
 def picard(trajectory, start, time_bias, state, out, out_bias, interval, *operators, activation):
     """F(P): the window's grid from its start and g = tanh(u) evaluated along ``trajectory`` [M, K, d];
     time_bias [M, hidden] is u's time part, state/out/out_bias its weights (MlpWeights), interval the
     quadrature weights, operators the recurrence's, activation u's hidden activation (a function)."""
-    hidden = activation(torch.matmul(trajectory, state) + time_bias.unsqueeze(1))
-    forcing = torch.tanh(torch.matmul(hidden, out) + out_bias)
+    forcing = torch.tanh(mlp(trajectory, time_bias.unsqueeze(1), state, out, out_bias, activation))
     return linear_recurrence(start, operators, increments(forcing, interval))
 
 

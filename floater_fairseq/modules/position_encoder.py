@@ -77,11 +77,8 @@ class PositionCall:
         return call
 
     @staticmethod
-    def source_positions(length: int, pad_mask: Optional[Tensor] = None, positions: Optional[Tensor] = None,
-                         known: bool = False) -> dict:
-        """The decoder's view of the source positions: from the encoder's (``known``: ``positions``, None
-        for no padding), else from the padding mask (a host synchronisation, as every padding check)."""
-        positions = positions if known else real_token_positions(pad_mask)
+    def source_positions(length: int, positions: Optional[Tensor]) -> dict:
+        """The decoder's view of the source: real-token ``positions`` (None: no padding)."""
         return {"source_index": position_index(positions, length), "source_length": length}
 
 
