@@ -43,13 +43,14 @@ def test_solver_accuracy_against_the_reference():
 def test_op_counter_sees_rk4_grow_with_length_and_parallel_not_within_a_window():
     """The parallel solve's ops grow with its windows (64 positions by default), not with the positions
     inside one; rk4's with every position. (The fixed iterations and the backward's recomputation cost
-    ops: 2,527 at 40 positions here, against ~1,300 for the adaptive form before 2026-12-07.)"""
+    ops: 2,527 at 40 positions here, against ~1,300 for the adaptive form before 2026-12-07; rk4 at DT,
+    one autograd node per window since then, 2,817.)"""
     with tiny_size(layers=1) as dictionary:
         rows = bench_speed.op_counts("tiny", ["rk4-dt", "parallel", "no-solve"], [10, 40], dictionary, sentences=2)
     (_, _, short), (_, _, long) = rows
     assert long["rk4-dt"] > 3 * short["rk4-dt"] > 0
     assert abs(long["parallel"] - short["parallel"]) < 0.2 * short["parallel"]
-    assert long["parallel"] < long["rk4-dt"] / 2
+    assert long["rk4-dt"] - short["rk4-dt"] > 3 * abs(long["parallel"] - short["parallel"])
     # without the solve, FLOATER-all's extra ops (the q/k/v biases) hardly depend on the length (67 vs 68)
     assert 0 < long["no-solve"] < short["parallel"] and abs(long["no-solve"] - short["no-solve"]) <= 2
 

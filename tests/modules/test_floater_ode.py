@@ -249,3 +249,45 @@ def test_windowed_fixed_grid_solve_equals_one_torchdiffeq_call(dynamics):
     torch.testing.assert_close(windowed, whole, atol=1e-12, rtol=1e-12)
     for ours, reference in zip(windowed_grads, whole_grads):
         torch.testing.assert_close(ours, reference, atol=1e-11, rtol=1e-11)
+
+
+@pytest.mark.parametrize("activation,substeps", [("softplus", 2), ("relu", 5)])
+def test_rk4_window_node_equals_torchdiffeq_rk4_and_keeps_one_tensor_per_evaluation(activation, substeps):
+    """modules/rk4_solve.py: torchdiffeq's rk4 (3/8 rule) as one autograd node per window, its backward
+    the step's discrete adjoint: values and every gradient (start, theta, gamma) equal torchdiffeq's
+    through autograd, from a start time t > 0; what it keeps for backward is the evaluations' inputs
+    (one [K, d] each), against more than four per evaluation kept by autograd through torchdiffeq."""
+    from torchdiffeq import odeint
+    from floater_fairseq.modules import rk4_solve
+    from floater_fairseq.modules.floater import DissipativeDynamics
+
+    torch.manual_seed(0)
+    dynamics = DissipativeDynamics(16, 10, 0.5, 0.1, activation=activation).double()
+    with torch.no_grad():
+        for parameter in dynamics.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    start = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
+    times = torch.arange(7, 7 + 21, dtype=torch.float64) * 0.1
+    kept = []
+
+    def keep(tensor):
+        kept.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        ours = rk4_solve.solve(dynamics, start, times[0], times.numel(), 0.1, substeps, window=8)
+    ours_kept, kept[:] = sum(kept), []
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        reference = odeint(dynamics.vector_field(torch.float64), start, times, method="rk4",
+                           options={"step_size": 0.1 / substeps})
+    evaluations = 4 * substeps * (times.numel() - 1)
+    # per evaluation: its input [K, d], its time features [2F] and time bias [hidden]; weights per window
+    weights = sum(parameter.numel() for parameter in dynamics.parameters())
+    assert ours_kept <= evaluations * (start.numel() + 16 + 10) + 3 * 2 * weights
+    assert sum(kept) > 4 * evaluations * start.numel()
+    torch.testing.assert_close(ours, reference, atol=1e-12, rtol=1e-12)
+    cotangent = torch.randn_like(ours)
+    inputs = [start, *dynamics.parameters()]
+    for mine, theirs in zip(torch.autograd.grad((ours * cotangent).sum(), inputs),
+                            torch.autograd.grad((reference * cotangent).sum(), inputs)):
+        torch.testing.assert_close(mine, theirs, atol=1e-11, rtol=1e-11)

@@ -236,3 +236,41 @@ def test_impulse_basis_with_projection_is_a_learned_absolute_embedding():
 def test_conflicting_flags_fail_with_the_fix(flags, message):
     with pytest.raises(ValueError, match=message):
         build_model(extra=flags)
+
+
+@pytest.mark.parametrize("encoder", ["floater", "rope", "alibi", "rope+floater"])
+def test_attention_with_position_hooks_runs_fused_and_equals_fairseqs_python_path(encoder, monkeypatch):
+    """A full-sequence call runs F.scaled_dot_product_attention (no [B*H, T, S] tensors kept for
+    backward), with fairseq's masks (causal, padding) and the hooks' logit biases: outputs and
+    gradients equal fairseq's Python path."""
+    from fairseq.modules import MultiheadAttention
+    from floater_fairseq.modules.position_aware_layers import PositionAwareAttention
+
+    model, d = position_model(encoder, "all")
+    model.double().train()
+    src = random_tokens(d, [7, 4], left_pad=True)
+    prev = random_tokens(d, [6, 3], seed=2)
+    calls = []
+    fused = PositionAwareAttention._fused_forward
+    monkeypatch.setattr(PositionAwareAttention, "_fused_forward",
+                        lambda self, *args: calls.append(1) or fused(self, *args))
+
+    def outputs_and_gradients():
+        model.zero_grad()
+        torch.manual_seed(0)  # the same dropout masks outside attention
+        logits, _ = model(src, None, prev)
+        logits.logsumexp(-1).sum().backward()
+        return logits, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    logits, gradients = outputs_and_gradients()
+    # 2 encoder and 2 decoder self-attentions, 1 cross-attention: the last one returns fairseq's
+    # alignment weights (the Python path, as for the vanilla model)
+    assert len(calls) == 5
+    monkeypatch.setattr(PositionAwareAttention, "_fused_forward", lambda self, q, k, v, pads, mask: MultiheadAttention.forward(
+        self, q, k, v, pads, None, False, False, mask)[0])
+    python_logits, python_gradients = outputs_and_gradients()
+    # float64 model; fairseq's Python path takes its softmax in float32 (utils.softmax)
+    torch.testing.assert_close(logits, python_logits, atol=1e-6, rtol=1e-6)
+    assert gradients.keys() == python_gradients.keys()
+    for name in gradients:
+        torch.testing.assert_close(gradients[name], python_gradients[name], atol=1e-6, rtol=1e-5, msg=name)
