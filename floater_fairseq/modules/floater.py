@@ -84,7 +84,7 @@ class _BoundedTimeDynamics(nn.Module):
     and its gradients converge at the solver's order; relu's kinks make the gradients converge
     slowly (relative error ~1e-2 at rk4 DT/5 on trained dynamics, docs/results.md)."""
 
-    ACTIVATIONS = {"softplus": F.softplus, "relu": torch.relu}
+    ACTIVATIONS = rk4_solve.ACTIVATIONS  # softplus, relu
 
     def __init__(self, dim: int, hidden_dim: int, out_dim: int, init_std: float, dt: float,
                  activation: str = default("floater_activation")):

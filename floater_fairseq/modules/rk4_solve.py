@@ -24,12 +24,13 @@ import torch.nn.functional as F
 
 from . import parallel_solve
 
+# the bounded dynamics' hidden activations (--floater-activation) and their derivatives
+ACTIVATIONS = {"softplus": F.softplus, "relu": torch.relu}
 ACTIVATION_DERIVATIVES = {
     # softplus(z) = log(1 + e^z), linear above torch's threshold of 20
     "softplus": lambda z: torch.where(z > 20, torch.ones_like(z), torch.sigmoid(z)),
     "relu": lambda z: (z > 0).to(z.dtype),
 }
-ACTIVATIONS = {"softplus": F.softplus, "relu": torch.relu}
 
 
 def stage_times(first_time: torch.Tensor, steps: int, step: float) -> torch.Tensor:
