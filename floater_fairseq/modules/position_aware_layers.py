@@ -149,9 +149,10 @@ def _check_length(position_input: Tensor, out: Tensor):
 class PositionAwareAttention(MultiheadAttention):
     """fairseq MultiheadAttention whose q/k/v projections and logits take the running layer's
     ``AttentionPositions``. ``use_position_hooks()`` (called once, by position encoders that act
-    inside attention) selects fairseq's Python path, which calls q/k/v_proj and
-    ``apply_sparse_mask`` (fairseq's hook on the attention logits); otherwise fairseq's fused path
-    is kept."""
+    inside attention) turns fairseq's fused path off (it would skip q/k/v_proj); a full-sequence
+    call then runs ``_fused_forward`` (SDPA through the hooked projections), and incremental steps
+    or calls that return weights fairseq's Python path, which calls q/k/v_proj and
+    ``apply_sparse_mask`` (fairseq's hook on the attention logits)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
