@@ -180,8 +180,8 @@ class PositionAwareAttention(MultiheadAttention):
         """softmax(q k^T / sqrt(d_h) + mask) v by F.scaled_dot_product_attention, as fairseq's fused path
         (F.multi_head_attention_forward) does: fairseq's Python path keeps the [B*H, T, S] logits,
         probabilities and dropout output for backward (a third more peak memory than the vanilla
-        step at 4 x 1,024 tokens). The mask is fairseq's: additive ``attn_mask`` [T, S] (bool: True
-        = masked), the hooks' ``logit_bias`` [H, T, S], ``key_padding_mask`` [B, S] (True = pad)."""
+        step at 4 x 1,024 tokens). The mask is fairseq's: additive ``attn_mask`` [T, S] (fairseq's
+        layers pass it as floats), the hooks' ``logit_bias`` [H, T, S], ``key_padding_mask`` [B, S] (True = pad)."""
         tgt_len, bsz, embed_dim = query.size()
         heads, head_dim = self.num_heads, self.head_dim
         q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
@@ -190,10 +190,7 @@ class PositionAwareAttention(MultiheadAttention):
         def by_head(x, length):  # [T, B, H * d_h] -> [B, H, T, d_h], fairseq's (b, h) row order
             return x.contiguous().view(length, bsz, heads, head_dim).permute(1, 2, 0, 3)
 
-        mask = None
-        if attn_mask is not None:
-            mask = attn_mask.to(q.dtype) if attn_mask.dtype != torch.bool else \
-                torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(attn_mask, float("-inf"))
+        mask = None if attn_mask is None else attn_mask.to(q.dtype)
         positions = self.current_positions()
         if positions is not None and positions.logit_bias is not None:
             bias = positions.logit_bias[:, -tgt_len:, -src_len:].to(q.dtype)

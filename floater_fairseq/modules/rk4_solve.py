@@ -12,10 +12,11 @@ The same arithmetic as ``odeint(..., method="rk4")``; what differs is the bookke
 autograd every evaluation is a dozen graph nodes and saves four [K, d] tensors, so at 256
 positions on a CPU the graph's overhead costs more than the arithmetic, and at 1,024 positions
 the saved tensors take about a GiB (small size). Here a window of positions is one node: its
-forward runs without a graph and keeps only its start; its backward recomputes the window's
-stages and runs the rk4 step's discrete adjoint (the transpose of the step above, so gradients are
-those of the discrete solve, as autograd's), with each weight's gradient taken by one matrix
-product over all of the window's evaluations instead of one per evaluation.
+forward runs without a graph and keeps only each evaluation's input p; its backward recomputes
+every evaluation's hidden layer in one batched product (all inputs are known by then) and runs the
+rk4 step's discrete adjoint (the transpose of the step above, so gradients are those of the
+discrete solve, as autograd's), with each weight's gradient taken by one matrix product over all
+of the window's evaluations instead of one per evaluation.
 """
 from typing import Callable, List, Optional
 
