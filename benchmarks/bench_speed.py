@@ -54,6 +54,8 @@ SETTINGS = {
     "rk4-dt/2": ["--floater-method", "rk4", "--floater-step-size", "0.05"],
     "parallel": ["--floater-method", "parallel"],  # grid DT/10: what the default runs on accelerators
     "parallel-dt/5": ["--floater-method", "parallel", "--floater-step-size", "0.02"],
+    # the default with its fastest time feature at 8 positions: auto's rk4 steps at DT on a CPU (issue 31)
+    "period8": ["--floater-fastest-period", "8"],
     "input": ["--pos-blocks", "input"],  # FLOATER at the input only, default solver
     # FLOATER-all with its solve replaced by p(0) at every position: the cost of everything but the solve
     "no-solve": [],

@@ -88,8 +88,13 @@ _OPTIONS = [
            saved_with=("floater_dt", "floater_method", "floater_dynamics", "floater_step_size",
                        "floater_parallel_tol", "floater_rtol", "floater_atol", "floater_adjoint",
                        "floater_hidden_dim", "floater_init_std")),
+    Option("floater", "--floater-fastest-period", 4.0, "the bounded dynamics' fastest time feature, in "
+           "positions (their periods are log-spaced from it to 1,024); sets auto's rk4 step on a CPU: "
+           "DT / ceil(8 / P), eight steps a period (P = 4: DT/2; P >= 8: DT, half the evaluations)", float,
+           bounds=(2, 1024, True), metavar="P"),
     Option("floater", "--floater-step-size", None, "step of fixed-grid solvers (None: DT/10 for --floater-method "
-           "parallel, DT/5 (the paper's setting) for the others; auto: DT/10 on accelerators, DT/2 on a CPU); "
+           "parallel, DT/5 (the paper's setting) for the others; auto: DT/10 on accelerators, DT/2 on a CPU (DT / ceil(8 / P) for "
+           "--floater-fastest-period P)); "
            "above DT, positions between grid points are interpolated linearly (torchdiffeq)", float, bounds=(0, INF, False), metavar="H"),
     Option("floater", "--floater-parallel-tol", 1e-6, "--floater-method parallel: the residual (relative to "
            "the largest value) its iterations are meant to reach; checked by tests and benchmarks, not in "
@@ -175,16 +180,25 @@ def default_step_size(method: str, dt: float) -> float:
     return dt / 10 if method in PARALLEL_METHODS else dt / 5
 
 
-def solver_for_device(method: str, step_size: Optional[float], dt: float, device_type: str):
+def cpu_rk4_substeps(fastest_period: float) -> int:
+    """rk4 steps a position that ``auto`` runs on a CPU: eight a period of the fastest time feature
+    (ceil(8 / P); at least one, so that every position is a grid point)."""
+    return max(1, math.ceil(8 / fastest_period - 1e-9))
+
+
+def solver_for_device(method: str, step_size: Optional[float], dt: float, device_type: str,
+                      fastest_period: float = 4.0):
     """(method, step) that a solve on ``device_type`` runs. ``auto``: the parallel solve (DT/10) on
     accelerators, where kernel launches dominate (~1/75 of rk4 DT/5's, docs/results.md#speed); rk4
-    at DT/2 on a CPU, where arithmetic does (the parallel solve costs 6-8x as much there): the
-    coarsest rk4 step measured to meet the accuracy targets on trained dynamics (table <= 8.3e-5,
-    gradients <= 3.5e-5 against rk4 DT/5). Both reach the same solution to that accuracy, so a model
-    may be trained on one device and decoded on the other. Other methods run as given."""
+    on a CPU, where arithmetic does (the parallel solve costs 6-8x as much there), at eight steps a
+    period of the fastest time feature: DT/2 for the default's period of 4 positions, the coarsest
+    rk4 step measured to meet the accuracy targets on trained dynamics (table <= 8.3e-5, gradients
+    <= 3.5e-5 against rk4 DT/5); DT for periods of 8 or more. Both reach the same solution to that
+    accuracy, so a model may be trained on one device and decoded on the other. Other methods run
+    as given."""
     if method in AUTO_METHODS:
         method = "rk4" if device_type == "cpu" else "parallel"
-        default_step = dt / 2 if method == "rk4" else dt / 10
+        default_step = dt / cpu_rk4_substeps(fastest_period) if method == "rk4" else dt / 10
     else:
         default_step = default_step_size(method, dt)
     return method, default_step if step_size is None else step_size

@@ -122,7 +122,8 @@ class MemoryTransformerDecoder(FairseqIncrementalDecoder):
             adjoint=args.floater_adjoint, hidden_dim=args.floater_hidden_dim, init_std=args.floater_init_std,
             dynamics=args.floater_dynamics, parallel_tol=args.floater_parallel_tol,
             activation=args.floater_activation, parallel_iterations=args.floater_parallel_iterations,
-            parallel_window=args.floater_parallel_window, parallel_compile=args.floater_parallel_compile)
+            parallel_window=args.floater_parallel_window, parallel_compile=args.floater_parallel_compile,
+            fastest_period=args.floater_fastest_period)
         self.final_norm = LayerNorm(dim)
         self.max_target_positions = args.tokens_per_sample
         self._memory: Dict[bool, Optional[List[Optional[Tensor]]]] = {True: None, False: None}

@@ -78,8 +78,9 @@ class MlpWeights(NamedTuple):
 
 class _BoundedTimeDynamics(nn.Module):
     """Shared by the bounded families: an MLP u(phi(t), p) whose time input is bounded,
-    phi(t) = [sin(w_k t), cos(w_k t)], with fixed periods log-spaced from 4 to 1024 positions, so
-    a time never seen in training is not out of range. Output layer small (``init_std``; 0: u == 0).
+    phi(t) = [sin(w_k t), cos(w_k t)], with fixed periods log-spaced from ``fastest_period``
+    (--floater-fastest-period, default 4) to 1024 positions, so a time never seen in training is not
+    out of range. Output layer small (``init_std``; 0: u == 0).
     Hidden activation ``activation`` (--floater-activation): softplus is smooth, so a fixed-grid solve
     and its gradients converge at the solver's order; relu's kinks make the gradients converge
     slowly (relative error ~1e-2 at rk4 DT/5 on trained dynamics, docs/results.md)."""
@@ -87,13 +88,19 @@ class _BoundedTimeDynamics(nn.Module):
     ACTIVATIONS = rk4_solve.ACTIVATIONS  # softplus, relu
 
     def __init__(self, dim: int, hidden_dim: int, out_dim: int, init_std: float, dt: float,
-                 activation: str = default("floater_activation")):
+                 activation: str = default("floater_activation"),
+                 fastest_period: float = default("floater_fastest_period")):
         super().__init__()
         if activation not in self.ACTIVATIONS:
             raise ValueError(f"FLOATER: unknown --floater-activation {activation!r}; choose one of "
                              f"{', '.join(self.ACTIVATIONS)}")
+        if not 2 <= fastest_period <= 1024:
+            raise ValueError(f"FLOATER: --floater-fastest-period must be in [2, 1024] positions (the slowest "
+                             f"feature's period is 1024; below 2 a feature aliases between positions), got "
+                             f"{fastest_period}")
         self.activation = activation
-        periods = torch.logspace(math.log10(4), math.log10(1024), NUM_TIME_FREQUENCIES)
+        self.fastest_period = fastest_period
+        periods = torch.logspace(math.log10(fastest_period), math.log10(1024), NUM_TIME_FREQUENCIES)
         self.register_buffer("frequencies", 2 * math.pi / (periods * dt), persistent=False)
         self.input_layer = nn.Linear(dim + 2 * NUM_TIME_FREQUENCIES, hidden_dim)
         self.output_layer = nn.Linear(hidden_dim, out_dim)
@@ -223,6 +230,7 @@ class FloaterPositionSignal(nn.Module):
         parallel_iterations: int = default("floater_parallel_iterations"),
         parallel_window: int = default("floater_parallel_window"),
         parallel_compile: str = default("floater_parallel_compile"),
+        fastest_period: float = default("floater_fastest_period"),
     ):
         super().__init__()
         method = default_method(dynamics) if method is None else method
@@ -268,9 +276,14 @@ class FloaterPositionSignal(nn.Module):
         if dynamics not in DYNAMICS:
             raise ValueError(f"FLOATER: unknown --floater-dynamics {dynamics!r}; choose one of {', '.join(DYNAMICS)}")
         if dynamics == "paper":
+            if fastest_period != default("floater_fastest_period"):
+                raise ValueError(f"FLOATER: --floater-fastest-period sets the bounded dynamics' time features; "
+                                 f"--floater-dynamics paper sees t itself and has none (drop the flag, or use "
+                                 f"--floater-dynamics dissipative)")
             self.dynamics = FloaterDynamics(dim, hidden_dim or dim, init_std)
         else:
-            self.dynamics = DYNAMICS[dynamics](dim, hidden_dim or dim, init_std, dt, activation=activation)
+            self.dynamics = DYNAMICS[dynamics](dim, hidden_dim or dim, init_std, dt, activation=activation,
+                                               fastest_period=fastest_period)
         self.initial_values = nn.Parameter(torch.zeros(num_trajectories, dim))
         if initial_value_std > 0:
             nn.init.normal_(self.initial_values, std=initial_value_std)
@@ -291,7 +304,8 @@ class FloaterPositionSignal(nn.Module):
 
     def solver(self, device: torch.device):
         """(method, step) that a solve on ``device`` runs (``auto`` resolved; options.solver_for_device)."""
-        return solver_for_device(self.method, self.step_size, self.dt, device.type)
+        return solver_for_device(self.method, self.step_size, self.dt, device.type,
+                                 getattr(self.dynamics, "fastest_period", default("floater_fastest_period")))
 
     def _integrate(self, y0: torch.Tensor, first_index: int, last_index: int) -> torch.Tensor:
         """p(t_i) for i in [first_index, last_index], starting from y0 = p(t_first)."""
@@ -462,7 +476,7 @@ class FloaterPositionEncoder(AbsolutePositionEncoder):
             initial_value_std=0.0 if self.blocks == "all" else 1.0, dynamics=args.floater_dynamics,
             parallel_tol=args.floater_parallel_tol, activation=args.floater_activation,
             parallel_iterations=args.floater_parallel_iterations, parallel_window=args.floater_parallel_window,
-            parallel_compile=args.floater_parallel_compile,
+            parallel_compile=args.floater_parallel_compile, fastest_period=args.floater_fastest_period,
         )
         if self.blocks == "input" and args.floater_dynamics == "rotation":
             with torch.no_grad():  # start as exactly fairseq's sinusoid (see RotationDynamics)

@@ -33,7 +33,7 @@ def test_checked_in_configs_equal_the_generator_output():
     assert TABLE2_ROWS | {"none", "shifted-basis-gaussian", "rope", "alibi", "kernelized-rpe",
                           "floater-all-dissipative", "floater-all-dissipative-dt5", "floater-all-dissipative-rk4",
                           "floater-all-dissipative-parallel", "floater-all-scratch", "sinusoidal-input-continued",
-                          "rope+floater"} == set(make.ROWS)
+                          "rope+floater", "floater-all-dissipative-period8"} == set(make.ROWS)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, os.path.join(REPO, "configs")) for p in CONFIGS])

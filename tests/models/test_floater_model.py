@@ -1,5 +1,7 @@
 """floater_transformer with FLOATER: extrapolation through the lazily extended cache,
 equivalence with the vanilla transformer at h == 0, b(0) == 0, one ODE solve per forward."""
+import types
+
 import pytest
 import torch
 
@@ -208,6 +210,39 @@ def test_solver_and_activation_defaults_follow_the_dynamics_and_saved_args_keep_
                                floater_init_std=0.02, floater_dynamics="dissipative", floater_parallel_tol=1e-6)
     FloaterPositionEncoder.set_defaults(saved)
     assert (saved.floater_activation, saved.floater_method) == ("relu", "rk4")
+
+
+def test_fastest_period_is_saved_with_the_model_and_sets_the_cpu_step(tmp_path):
+    """--floater-fastest-period 8 (the period8 rows): time features of periods 8 to 1,024 positions, rk4 at DT
+    on a CPU; the value travels in the checkpoint's cfg, so a model rebuilt from it computes the same."""
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.models import ARCH_MODEL_REGISTRY
+    from omegaconf import OmegaConf
+
+    model, d, args = build_model(extra=["--floater-fastest-period", "8"])
+    randomize_floater(model)
+    signal = model.position_encoder.signal
+    assert signal.solver(torch.device("cpu")) == ("rk4", pytest.approx(args.floater_dt))
+    periods = 2 * torch.pi / (signal.dynamics.frequencies * args.floater_dt)
+    assert (float(periods.min()), float(periods.max())) == (pytest.approx(8), pytest.approx(1024))
+    torch.save({"cfg": OmegaConf.to_container(convert_namespace_to_omegaconf(args)), "model": model.state_dict()},
+               tmp_path / "checkpoint.pt")
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # fairseq keeps the arch's args a Namespace
+    assert saved["cfg"]["model"].floater_fastest_period == 8.0
+    task = types.SimpleNamespace(source_dictionary=d, target_dictionary=d)
+    rebuilt = ARCH_MODEL_REGISTRY[args.arch].build_model(saved["cfg"]["model"], task)
+    rebuilt.load_state_dict(saved["model"])
+    src = random_tokens(d, [7, 5], left_pad=True)
+    prev = random_tokens(d, [6, 6], seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(src, src.ne(d.pad()).sum(1), prev)[0],
+                                   model.eval()(src, src.ne(d.pad()).sum(1), prev)[0], rtol=0, atol=0)
+    saved["cfg"]["model"].floater_fastest_period = 4.0  # the same weights with the default's periods differ
+    other = ARCH_MODEL_REGISTRY[args.arch].build_model(saved["cfg"]["model"], task)
+    other.load_state_dict(saved["model"])
+    with torch.no_grad():
+        assert not torch.equal(other.eval()(src, src.ne(d.pad()).sum(1), prev)[0],
+                               model(src, src.ne(d.pad()).sum(1), prev)[0])
 
 
 def test_generation_checks_the_cached_solution_once_per_generate_call():
