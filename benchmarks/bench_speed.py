@@ -63,6 +63,7 @@ SETTINGS = {
     "paper": ["--floater-dynamics", "paper"],  # the paper's h, its default solver (rk4 at DT/5)
     "rope": ["--pos-encoder", "rope"],
     "rope+floater": ["--pos-encoder", "rope+floater", "--floater-no-input-sinusoid"],
+    "rope+floater-period8": ["--pos-encoder", "rope+floater", "--floater-no-input-sinusoid", "--floater-fastest-period", "8"],
     "sinusoidal-input": ["--pos-encoder", "sinusoidal", "--pos-blocks", "input"],  # vanilla through our hooks
 }
 

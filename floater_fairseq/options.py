@@ -187,7 +187,7 @@ def cpu_rk4_substeps(fastest_period: float) -> int:
 
 
 def solver_for_device(method: str, step_size: Optional[float], dt: float, device_type: str,
-                      fastest_period: float = 4.0):
+                      fastest_period: float):
     """(method, step) that a solve on ``device_type`` runs. ``auto``: the parallel solve (DT/10) on
     accelerators, where kernel launches dominate (~1/75 of rk4 DT/5's, docs/results.md#speed); rk4
     on a CPU, where arithmetic does (the parallel solve costs 6-8x as much there), at eight steps a
