@@ -59,25 +59,14 @@ def test_no_result_table_or_doc_names_a_machines_home():
     assert not home.search(read("README.md")) and not offenders, offenders
 
 
-def test_readme_speed_table_is_the_benchmark_file():
-    """README's speed table: the train and memory ratios of results/speed/bench-speed-cpu-rk4-node.txt,
-    and of bench-speed-cpu-period8.txt for its last row."""
-    measured = {}  # (setting, mean length) -> (train, memory)
-    for name in ("bench-speed-cpu-rk4-node.txt", "bench-speed-cpu-period8.txt"):
-        length = None
-        for line in read("results", "speed", name).splitlines():
-            found = re.search(r"mean length (\d+)", line)
-            length = int(found.group(1)) if found else length
-            fields = line.split()
-            if fields[:1] == ["small"] and (fields[1], length) not in measured:
-                measured[(fields[1], length)] = (float(fields[2]), float(fields[4]))
+def test_readme_speed_command_is_the_one_that_wrote_the_headline_file():
+    """README's Speed section names the command of results/speed/bench-speed-cpu-headline.txt (its
+    first line), and that run measured every headline row's setting at both of the headline's lengths."""
+    from floater_fairseq.cli.experiment import HEADLINE_LENGTHS, HEADLINE_ROWS, HEADLINE_SPEED, speed_ratios
+    name = HEADLINE_SPEED["cpu"]
+    recorded = read("results", "speed", name).splitlines()[0].replace(" --absolute", "")
     section = read("README.md").split("## Speed", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([\w+ -]+)`[^|]*\| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", section, re.M)
-    settings = {"floater": "default", "rope": "rope", "rope+floater": "rope+floater",
-                "floater --floater-fastest-period 8": "period8"}
-    assert [row[0] for row in rows] == list(settings)
-    for encoder, short, long, memory in rows:
-        setting = settings[encoder]
-        assert (float(short), float(long), float(memory)) == (
-            round(measured[(setting, 27)][0], 2), round(measured[(setting, 256)][0], 2),
-            round(measured[(setting, 256)][1], 2)), encoder
+    command = " ".join(re.search(r"`(python -m benchmarks\.bench_speed[^`]*)`", section).group(1).split())
+    assert recorded.endswith(command), (recorded, command)
+    measured = speed_ratios(os.path.join(REPO, "results", "speed", name))
+    assert all((setting, length) in measured for _, _, setting in HEADLINE_ROWS for length in HEADLINE_LENGTHS)

@@ -515,33 +515,50 @@ HEADLINE_ROWS = [
     ("rope", "`rope`", "rope"),
     ("floater-all-scratch", "`floater --floater-dynamics paper`", "paper"),
     ("floater-all-dissipative", "`floater` (default: bounded)", "default"),
+    ("floater-all-dissipative-period8", "`floater --floater-fastest-period 8`", "period8"),
     ("rope+floater", "`rope+floater --floater-no-input-sinusoid`", "rope+floater"),
 ]
 HEADLINE_DATASETS = ("multi30k-de-en", "multi30k-de-en-src12")
-HEADLINE_SPEED = {"cpu": "bench-speed-cpu-encoders.txt", "gpu": "bench-speed-gpu-h100.txt"}
+# the CPU file measures every row at both sentence lengths in one run; the GPU one is the lent H100's
+HEADLINE_SPEED = {"cpu": "bench-speed-cpu-headline.txt", "gpu": "bench-speed-gpu-h100.txt"}
+HEADLINE_LENGTHS = (27, 256)  # mean sentence lengths (tokens) of the CPU columns
 SPEED_ROW = re.compile(r"^(\w+)\s+(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\b")
+SPEED_LENGTH = re.compile(r"mean length (\d+)")
 
 
 def speed_ratios(path: str) -> dict:
-    """{setting: [train-step ratio, ...]} of a benchmarks.bench_speed output file (every size and run)."""
-    ratios = {}
+    """{(setting, mean sentence length): [(train-step ratio, peak-memory ratio), ...]} of a
+    benchmarks.bench_speed output file (every size and run; the length is its section header's)."""
+    ratios, length = {}, None
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             for line in f:
+                found = SPEED_LENGTH.search(line)
+                length = int(found.group(1)) if found else length
                 match = SPEED_ROW.match(line)
                 if match:
-                    ratios.setdefault(match.group(2), []).append(float(match.group(3)))
+                    ratios.setdefault((match.group(2), length), []).append((float(match.group(3)),
+                                                                            float(match.group(5))))
     return ratios
+
+
+def ratio_range(values) -> str:
+    """One ratio, or the range of several (sizes, runs); "-" for none."""
+    if not values:
+        return "-"
+    low, high = min(values), max(values)
+    return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
 
 
 def headline_table() -> str:
     """README's headline: per encoder, Multi30k test BLEU over seeds, short-to-long BLEU past 20
-    subwords, and the training step's cost against vanilla (results/speed/)."""
+    subwords, and the training step's cost against vanilla (results/speed/): on a CPU at 27- and
+    256-token sentences with the peak memory at 256, and on the lent GPU."""
     import statistics
 
     def spread(values, digits):
         if not values:
-            return "not run"
+            return "no result yet"
         text = f"{statistics.mean(values):.{digits}f}"
         return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "") + f" (n={len(values)})"
 
@@ -552,20 +569,18 @@ def headline_table() -> str:
         except ExperimentError:
             runs[dataset] = {}
     speed = {device: speed_ratios(os.path.join(RESULTS_ROOT, "speed", name)) for device, name in HEADLINE_SPEED.items()}
+    short, long = HEADLINE_LENGTHS
     lines = ["| encoder (`--pos-encoder`) | Multi30k test BLEU | trained on <= 12 subwords: BLEU at 21+ | "
-             "train step vs vanilla, CPU | GPU |", "|---|---|---|---|---|"]
+             f"CPU step vs vanilla, {short} / {long} tokens | CPU memory, {long} | GPU (older solve) |", "|---|---|---|---|---|---|"]
     for row, flags, setting in HEADLINE_ROWS:
         test = [r["bleu"] for r in runs["multi30k-de-en"].get(row, {}).get("test", [])]
         past = [r["length_buckets"]["bleu"][-1] for r in runs["multi30k-de-en-src12"].get(row, {}).get("test", [])
                 if r.get("length_buckets") and r["length_buckets"]["bleu"][-1] is not None]
-        cost = []
-        for device in ("cpu", "gpu"):
-            values = speed[device].get(setting, [])
-            if setting == "sinusoidal-input" and not values:
-                values = [1.0]  # the vanilla model itself
-            cost.append("-" if not values else f"{min(values):.2f}" if len(values) == 1 or min(values) == max(values)
-                        else f"{min(values):.2f}-{max(values):.2f}")
-        lines.append(f"| {flags} | {spread(test, 2)} | {spread(past, 1)} | {cost[0]} | {cost[1]} |")
+        cpu = {length: speed["cpu"].get((setting, length), []) for length in HEADLINE_LENGTHS}
+        gpu = [train for (name, _), values in speed["gpu"].items() if name == setting for train, _ in values]
+        step = " / ".join(ratio_range([train for train, _ in cpu[length]]) for length in HEADLINE_LENGTHS)
+        lines.append(f"| {flags} | {spread(test, 2)} | {spread(past, 1)} | {step} | "
+                     f"{ratio_range([memory for _, memory in cpu[long]])} | {ratio_range(gpu)} |")
     return "\n".join(lines) + "\n"
 
 

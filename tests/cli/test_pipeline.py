@@ -183,14 +183,19 @@ def test_seed_table_reports_mean_and_spread_per_row(tmp_path, monkeypatch):
         (m30k / f"rope-seed{seed}.test.json").write_text(json.dumps({"bleu": bleu, "seed": seed, "signature": "sig"}))
         (src12 / f"rope-seed{seed}.test.json").write_text(json.dumps({"bleu": 30.0, "seed": seed, "signature": "sig",
             "length_buckets": {"buckets": ["1-12", "21-1000"], "bleu": [40.0, 10.0 + seed], "sentences": [5, 3]}}))
-    (speed / "bench-speed-cpu-encoders.txt").write_text(
-        "size   setting          train generate memory extra ops\nsmall  rope              0.910    1.000  1.000         5\n")
+    header = "# ratios ...: train step on 4096-token batches (mean length {}), ...\nsize   setting  train generate memory extra ops\n"
+    (speed / "bench-speed-cpu-headline.txt").write_text(
+        header.format(27) + "small  rope              0.910    1.000  1.000         5\n"
+        + header.format(256) + "small  rope              0.970    1.000  1.020         5\n"
+        + "iwslt  rope              0.994    1.000  1.030         5\n")
     readme_before = open(os.path.join(experiment.REPO, "README.md"), encoding="utf-8").read()
     assert experiment.main(["seeds", "d"]) == 0  # results that are not the repository's: its pages untouched
     assert open(os.path.join(experiment.REPO, "README.md"), encoding="utf-8").read() == readme_before
     assert experiment.main(["seeds", "d", "--readme", "", "--headline", str(headline)]) == 0
-    assert "| `rope` | 39.50 ± 0.71 (n=2) | 11.5 ± 0.7 (n=2) | 0.91 | - |" in headline.read_text()
-    assert "| `rope+floater --floater-no-input-sinusoid` | not run | not run | - | - |" in headline.read_text()
+    # the CPU step at each sentence length (a range over sizes), the memory at the longer one
+    assert "| `rope` | 39.50 ± 0.71 (n=2) | 11.5 ± 0.7 (n=2) | 0.91 / 0.97-0.99 | 1.02-1.03 | - |" in headline.read_text()
+    assert "| `rope+floater --floater-no-input-sinusoid` | no result yet | no result yet | - / - | - | - |" \
+        in headline.read_text()
     for seed, updates in ((1, 100), (2, 200)):  # runs that trained different numbers of updates: each listed
         (folder / f"uneven-seed{seed}.test.json").write_text(json.dumps({"bleu": 1.0, "seed": seed, "updates": updates, "signature": "sig"}))
     assert "| uneven | 1.00 ± 0.00 (n=2) | - | 1, 2 | 100, 200 | - |" in experiment.seed_table("d")
