@@ -571,7 +571,8 @@ def headline_table() -> str:
     speed = {device: speed_ratios(os.path.join(RESULTS_ROOT, "speed", name)) for device, name in HEADLINE_SPEED.items()}
     short, long = HEADLINE_LENGTHS
     lines = ["| encoder (`--pos-encoder`) | Multi30k test BLEU | trained on <= 12 subwords: BLEU at 21+ | "
-             f"CPU step vs vanilla, {short} / {long} tokens | CPU memory, {long} | GPU (older solve) |", "|---|---|---|---|---|---|"]
+             f"CPU step vs vanilla, {short} / {long} tokens | CPU memory, {long} | GPU (older solve) |",
+             "|---|---|---|---|---|---|"]
     for row, flags, setting in HEADLINE_ROWS:
         test = [r["bleu"] for r in runs["multi30k-de-en"].get(row, {}).get("test", [])]
         past = [r["length_buckets"]["bleu"][-1] for r in runs["multi30k-de-en-src12"].get(row, {}).get("test", [])
