@@ -3,6 +3,7 @@ coarser steps are further from it, and the op counter sees rk4's launches grow w
 the parallel solve's do not."""
 import contextlib
 import os
+import types
 
 import torch
 
@@ -104,3 +105,24 @@ def test_generation_adds_few_ops_and_no_per_step_synchronisation():
     base_ops, base_syncs = counts["vanilla"]
     ops, syncs = counts["default"]
     assert syncs - base_syncs <= 4 and ops < 1.05 * base_ops, counts
+
+
+def test_timed_generations_reuse_the_table_that_the_warm_up_solved(monkeypatch):
+    """The generation timings measure a decoding step, not the table's growth: every batch is
+    generated once before the timed rounds, so FLOATER solves only then (a timed batch that decodes
+    further than the warm-up did would extend the table)."""
+    solves = []
+    generate = bench_speed.generate
+
+    def counted(model, dictionary, batch):
+        signal = getattr(model, "position_encoder", None)
+        before = signal.signal.num_solves if signal is not None else None
+        generate(model, dictionary, batch)
+        if signal is not None:
+            solves.append(signal.signal.num_solves - before)
+
+    monkeypatch.setattr(bench_speed, "generate", counted)
+    args = types.SimpleNamespace(max_tokens=60, gen_tokens=60, mean_len=12, train_reps=1, gen_reps=3)
+    with tiny_size(layers=1) as dictionary:
+        bench_speed.compare_times("tiny", "default", args, dictionary)
+    assert len(solves) == 6 and sum(solves[:3]) > 1 and solves[3:] == [0] * 3, solves
