@@ -4,7 +4,8 @@ For each size and setting (a FLOATER solver, or another encoder of floater_trans
 vanilla model, in one run:
   * train: a training step (forward + backward + Adam) on ~4k-token batches, timed interleaved
     (A B A B ...) on the same batches in one process; the median ratio floater / vanilla;
-  * generate: beam-5 generation (the ODE solution is cached at inference), likewise;
+  * generate: beam-5 generation (the ODE solution is cached at inference), likewise, after one
+    untimed pass over the batches;
   * memory: peak resident memory of one training step, each model in a fresh process;
   * extra ops: FLOATER's extra leaf aten ops in one training step on 8 sentences of 100 tokens
     (the kernel launches that dominate on accelerators; ``--ops`` shows them against length).

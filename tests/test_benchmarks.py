@@ -115,11 +115,11 @@ def test_timed_generations_reuse_the_table_that_the_warm_up_solved(monkeypatch):
     generate = bench_speed.generate
 
     def counted(model, dictionary, batch):
-        signal = getattr(model, "position_encoder", None)
-        before = signal.signal.num_solves if signal is not None else None
+        encoder = getattr(model, "position_encoder", None)  # None: the vanilla model
+        before = encoder.signal.num_solves if encoder is not None else None
         generate(model, dictionary, batch)
-        if signal is not None:
-            solves.append(signal.signal.num_solves - before)
+        if encoder is not None:
+            solves.append(encoder.signal.num_solves - before)
 
     monkeypatch.setattr(bench_speed, "generate", counted)
     args = types.SimpleNamespace(max_tokens=60, gen_tokens=60, mean_len=12, train_reps=1, gen_reps=3)
